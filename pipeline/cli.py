@@ -1,0 +1,148 @@
+"""The `otcompress` command: run, load, inspect, validate, bench, doctor."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import OTCError
+
+
+def friendly(fn):
+    """Bad input exits 2 and a failed check exits 1, each with one clear line instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except OTCError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="otcompress")
+def main():
+    """Compress a trained PyTorch model by a recipe, export it to ONNX/TensorRT and validate it."""
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default artifacts/<name>).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder (only once the new run has succeeded).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted training stage from its last checkpoint.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. stages.1.sparsity=0.3.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@friendly
+def run(recipe, out, force, resume, overrides, quiet):
+    """Run RECIPE's stages and write compressed.safetensors, model.onnx, report.json and report.md."""
+    from .recipe import load_recipe
+    from .runner import run_recipe
+
+    r = load_recipe(recipe, overrides)
+    report = run_recipe(r, out, force=force, resume=resume, progress=not quiet)
+    if not report["validation"].get("passed", True):
+        click.echo(f"error: validation failed; artifacts kept in {report['out']} for inspection", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "input_npz", type=click.Path(dir_okay=False, path_type=Path), help="Run it on x from this .npz and print the logits' summary.")
+@friendly
+def load(path, input_npz):
+    """Rebuild the compressed model stored in PATH (compressed.safetensors) and describe it."""
+    import torch
+
+    from .metrics import count_flops, count_params
+    from .serialize import load_compressed
+
+    model, meta = load_compressed(path)
+    click.echo(f"{path}: {meta['arch']} {meta.get('args') or ''}")
+    click.echo(f"  params {count_params(model):,}  FLOPs {count_flops(model, meta['input_shape']):,}  "
+               f"changed modules {len(meta['modules'])}" + (f"  tokens {meta['tokens']['method']}" if meta.get("tokens") else ""))
+    if input_npz:
+        import numpy as np
+
+        x = torch.from_numpy(np.load(input_npz)["x"].astype("float32"))
+        with torch.no_grad():
+            y = model(x)
+        click.echo(f"  logits {tuple(y.shape)} argmax {y.argmax(-1).tolist()[:16]}")
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=False, path_type=Path))
+@click.option("--scope", type=click.Choice(["all", "internal"]), help="Which channel groups to list.")
+@friendly
+def inspect(target, scope):
+    """List what the stages would touch in a RECIPE or a compressed MODEL: channel groups and transformer blocks."""
+    from .inspect import describe
+
+    click.echo(describe(target, scope))
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), help="compressed.safetensors to compare against.")
+@click.option("--original", type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint of the uncompressed model (same arch).")
+@click.option("--data", type=click.Path(path_type=Path), help=".npz or ImageFolder with eval inputs (and labels).")
+@click.option("--samples", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--atol", type=click.FloatRange(0), help="Absolute tolerance (default 1e-4 fp32, 1e-2 fp16).")
+@click.option("--rtol", type=click.FloatRange(0), help="Relative tolerance (default 1e-3 fp32, 1e-2 fp16).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), help="Minimum top-1 agreement with the original.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the full result as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML for CI.")
+@friendly
+def validate(target, **opts):
+    """Validate ARTIFACT_DIR, model.onnx or model.plan. Exit 0 pass, 1 a check failed, 2 bad usage/files."""
+    from .artifacts import atomic_write_json, atomic_write_text
+    from .validate_cmd import validate_target
+    from .validation import junit_xml, summary
+
+    json_out, junit = opts.pop("json_out"), opts.pop("junit")
+    res = validate_target(target, **opts)
+    click.echo(summary(res))
+    if json_out:
+        atomic_write_json(json_out, res)
+    if junit:
+        atomic_write_text(junit, junit_xml(res))
+    sys.exit(0 if res["passed"] else 1)
+
+
+@main.command()
+@click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--batch", default="1,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--runs", type=click.IntRange(1), default=20, show_default=True, help="Timed runs per measurement.")
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True)
+@friendly
+def bench(artifact_dir, batch, runs, warmup):
+    """Latency and throughput of original vs compressed on every available backend -> bench.json, bench.png."""
+    from .bench import bench_artifacts
+
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise OTCError(f"--batch {batch!r}: expected comma-separated integers such as 1,32") from None
+    bench_artifacts(artifact_dir, batches, runs, warmup)
+
+
+@main.command()
+@friendly
+def doctor():
+    """List what is installed and usable: torch/CUDA, onnxruntime providers, TensorRT, timm, transformers."""
+    from .doctor import report
+
+    click.echo(report())
+
+
+if __name__ == "__main__":
+    main()

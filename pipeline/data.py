@@ -1,0 +1,118 @@
+"""Datasets as in-memory tensors: .npz (x uint8 NHWC or float NCHW, y) or an ImageFolder directory/tarball.
+Images stay uint8 until a batch is normalised, so CIFAR-10's 50k training images take 150 MB."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import OTCError
+
+IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
+
+
+@dataclass
+class Dataset:
+    x: torch.Tensor  # uint8 NCHW (raw pixels) or float NCHW (already scaled)
+    y: torch.Tensor | None
+    classes: list[str] | None = None
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def batch(self, idx, mean=None, std=None) -> torch.Tensor:
+        x = self.x[idx]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if mean is not None:
+            m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+            s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+            x = (x - m) / s
+        return x
+
+
+def _from_npz(path: Path) -> Dataset:
+    try:
+        z = np.load(path, allow_pickle=False)
+        x = z["x"]
+        y = z["y"] if "y" in z.files else None
+    except KeyError:
+        raise OTCError(f"{path}: .npz needs an array 'x' (and 'y' for labels); it has {list(np.load(path).files)}") from None
+    except Exception as e:
+        raise OTCError(f"{path}: not a readable .npz file ({e})") from None
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise OTCError(f"{path}: x has shape {x.shape}; expected (N,H,W,C) uint8 or (N,C,H,W) float")
+    if x.dtype == np.uint8:
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    else:
+        t = torch.from_numpy(x.astype(np.float32))
+    if y is not None and len(y) != len(x):
+        raise OTCError(f"{path}: x has {len(x)} samples but y has {len(y)}")
+    classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
+    return Dataset(t, torch.from_numpy(y.astype(np.int64)) if y is not None else None, classes)
+
+
+def _decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    return np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16") else "RGB"))
+
+
+def _stack(items: list[tuple[str, str, bytes]], where: Path) -> Dataset:
+    if not items:
+        raise OTCError(f"{where}: no images found; expected an ImageFolder layout <root>/<class>/<image>")
+    classes = sorted({c for c, _, _ in items})
+    items.sort(key=lambda t: (t[0], t[1]))
+    arrs = [_decode(b) for _, _, b in items]
+    shapes = {a.shape for a in arrs}
+    if len(shapes) != 1:
+        raise OTCError(f"{where}: images have different shapes {sorted(shapes)[:3]}; resize them first")
+    x = np.stack(arrs)
+    if x.ndim == 3:
+        x = x[..., None]
+    y = np.array([classes.index(c) for c, _, _ in items])
+    return Dataset(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y), classes)
+
+
+def _from_dir(path: Path) -> Dataset:
+    items = [(f.parent.name, f.name, f.read_bytes()) for f in path.glob("*/*") if f.suffix.lower() in IMG_EXT]
+    return _stack(items, path)
+
+
+def _from_tar(path: Path) -> Dataset:
+    items = []
+    with tarfile.open(path) as tf:
+        for m in tf:
+            p = Path(m.name)
+            if m.isfile() and p.suffix.lower() in IMG_EXT:
+                items.append((p.parent.name, p.name, tf.extractfile(m).read()))
+    return _stack(items, path)
+
+
+_CACHE: dict[tuple, Dataset] = {}
+
+
+def load_dataset(path: str | Path, limit: int | None = None) -> Dataset:
+    path = Path(path)
+    key = (str(path.resolve()), path.stat().st_mtime if path.exists() else None)
+    if key not in _CACHE:
+        if path.is_dir():
+            ds = _from_dir(path)
+        elif path.suffix == ".npz":
+            ds = _from_npz(path)
+        elif path.name.endswith((".tar", ".tar.gz", ".tgz")):
+            ds = _from_tar(path)
+        else:
+            raise OTCError(f"{path}: unknown data format; expected .npz, an ImageFolder directory or a .tar(.gz) of one")
+        _CACHE[key] = ds
+    ds = _CACHE[key]
+    if limit is not None and limit < len(ds):
+        return Dataset(ds.x[:limit], ds.y[:limit] if ds.y is not None else None, ds.classes)
+    return ds

@@ -1,0 +1,161 @@
+"""Recipes: TOML files (standard-library parser) checked against the stage schemas before anything runs."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import OTCError
+from .schema import Field, check_table, fail
+
+
+def _shape_check(v):
+    if len(v) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v):
+        return "expected a list of positive integers such as [1, 3, 32, 32]"
+
+
+def _floats_check(v):
+    if not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return "expected a non-empty list of numbers, one per input channel"
+
+
+def _name_check(v):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+        return "expected letters, digits, '.', '_' or '-' (it names the output folder)"
+
+
+MODEL_SPEC = {
+    "arch": Field((str,), required=True, help="a built-in model name or 'package.module:factory'"),
+    "args": Field((dict,), default={}, help="a table of keyword arguments for the factory"),
+    "checkpoint": Field((str,), help="a path to a .safetensors/.pt/.pth/.th file"),
+    "input_shape": Field((list,), required=True, check=_shape_check, help="a list such as [1, 3, 32, 32]"),
+}
+DATA_SPEC = {
+    "eval": Field((str,), help="a .npz file or an ImageFolder directory (or .tar/.tar.gz of one)"),
+    "train": Field((str,), help="a .npz file or an ImageFolder directory (or .tar/.tar.gz of one)"),
+    "mean": Field((list,), check=_floats_check),
+    "std": Field((list,), check=_floats_check),
+    "limit": Field((int,), lo=1, help="a positive integer (cap on evaluated samples)"),
+    "batch_size": Field((int,), default=256, lo=1, help="a positive integer (evaluation batch size)"),
+}
+TOP_SPEC = {
+    "name": Field((str,), required=True, check=_name_check),
+    "description": Field((str,), default=""),
+    "model": Field((dict,), required=True),
+    "data": Field((dict,)),
+    "stages": Field((list,), required=True),
+}
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    model: dict
+    data: dict | None
+    stages: list[dict]
+    sha256: str
+    raw: dict
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise OTCError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. stages.1.sparsity=0.3")
+    key, value = text.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # bare strings need no quotes on the command line
+    return key.strip().split("."), parsed
+
+
+def apply_override(raw: dict, keys: list[str], value: Any, text: str) -> None:
+    node: Any = raw
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise OTCError(f"--set {text}: '{'.'.join(keys[:i + 1])}' is not an index of a list of {len(node)} entries")
+            if last:
+                node[int(k)] = value
+            else:
+                node = node[int(k)]
+        elif isinstance(node, dict):
+            if last:
+                node[k] = value
+            else:
+                node = node.setdefault(k, {})
+        else:
+            raise OTCError(f"--set {text}: '{'.'.join(keys[:i])}' is a value, not a table")
+
+
+def _resolve(base: Path, p: str | None) -> str | None:
+    if p is None:
+        return None
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q).resolve())
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    from .stages import STAGES  # stage schemas live next to the stages
+
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise OTCError(f"{where}: recipe file not found")
+    text = path.read_bytes()
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise OTCError(f"{where}: not valid TOML: {e}") from None
+    for o in overrides:
+        keys, value = parse_override(o)
+        apply_override(raw, keys, value, o)
+
+    top = check_table(raw, TOP_SPEC, where, "")
+    model = check_table(top["model"], MODEL_SPEC, where, "model")
+    data = check_table(top["data"], DATA_SPEC, where, "data") if top["data"] is not None else None
+    base = path.resolve().parent
+    model["checkpoint"] = _resolve(base, model["checkpoint"])
+    if model["checkpoint"] and not Path(model["checkpoint"]).is_file():
+        fail(where, "model.checkpoint", f"file not found: {model['checkpoint']}")
+    if data is not None:
+        for key in ("eval", "train"):
+            data[key] = _resolve(base, data[key])
+            if data[key] and not Path(data[key]).exists():
+                fail(where, f"data.{key}", f"not found: {data[key]}")
+        if (data["mean"] is None) != (data["std"] is None):
+            fail(where, "data", "give both mean and std, or neither")
+        if data["mean"] is not None and len(data["mean"]) != len(data["std"]):
+            fail(where, "data.std", f"has {len(data['std'])} entries but data.mean has {len(data['mean'])}")
+
+    if not top["stages"]:
+        fail(where, "stages", "expected at least one [[stages]] table")
+    stages = []
+    for i, st in enumerate(top["stages"]):
+        spath = f"stages[{i}]"
+        if not isinstance(st, dict):
+            fail(where, spath, f"expected a table, got {st!r}")
+        kind = st.get("kind")
+        if kind is None:
+            fail(where, f"{spath}.kind", f"missing; expected one of {', '.join(sorted(STAGES))}")
+        if kind not in STAGES:
+            hint = difflib.get_close_matches(str(kind), list(STAGES), n=1)
+            extra = f" — did you mean '{hint[0]}'?" if hint else ""
+            fail(where, f"{spath}.kind", f"unknown stage kind {kind!r}{extra} (known: {', '.join(sorted(STAGES))})")
+        stage = STAGES[kind]
+        params = check_table({k: v for k, v in st.items() if k != "kind"}, stage.fields, where, spath)
+        for msg in stage.needs(params, model, data):
+            fail(where, spath, msg)
+        stages.append({"kind": kind, **params})
+    sha = hashlib.sha256(text + "\n".join(overrides).encode()).hexdigest()
+    return Recipe(path=path.resolve(), name=top["name"], model=model, data=data, stages=stages, sha256=sha, raw=raw)

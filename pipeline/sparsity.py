@@ -1,0 +1,52 @@
+"""Sparsity in three forms: one number; a per-stage list ([0, p, p, p] as in the DTP supplement, stage k =
+`layerk`, stage 0 = the stem; for nets without `layerN` modules entry i is the i-th group); or a table of
+layer-name patterns matched against each group's producer layers (first match wins, unmatched
+groups are left alone)."""
+
+from __future__ import annotations
+
+from .errors import OTCError
+from .groups import Group
+
+
+def check_sparsity(v) -> str | None:
+    def ok(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1
+
+    if ok(v):
+        return None
+    if isinstance(v, list) and v and all(ok(x) for x in v):
+        return None
+    if isinstance(v, dict) and v and all(ok(x) for x in v.values()):
+        return None
+    return "expected a fraction in [0, 1), a list of them (one per stage), or a table {\"pattern\" = fraction}"
+
+
+def ratios_for(groups: list[Group], sparsity) -> list[float]:
+    if isinstance(sparsity, (int, float)):
+        return [float(sparsity)] * len(groups)
+    if isinstance(sparsity, dict):
+        out = []
+        for g in groups:
+            hit = next((v for p, v in sparsity.items() if g.matches(p)), 0.0)
+            out.append(float(hit))
+        return out
+    staged = any(g.root.startswith("layer") or ".layer" in g.root for g in groups)
+    if staged:
+        stages = sorted({g.stage for g in groups})
+        if max(stages) >= len(sparsity):
+            raise OTCError(f"sparsity list has {len(sparsity)} entries but the model's groups reach stage {max(stages)} "
+                           f"(stage 0 = stem, stage k = layerk); give {max(stages) + 1} entries")
+        return [float(sparsity[g.stage]) for g in groups]
+    if len(sparsity) != len(groups):
+        raise OTCError(f"sparsity list has {len(sparsity)} entries; this model has no layerN stages, so give one per "
+                       f"prunable group ({len(groups)}: {', '.join(g.root for g in groups[:6])}…)")
+    return [float(v) for v in sparsity]
+
+
+def kept_count(n: int, ratio: float, round_to: int = 1) -> int:
+    keep = round(n * (1.0 - ratio))
+    if round_to > 1:
+        keep = int(round(keep / round_to)) * round_to
+        keep = max(keep, min(round_to, n))
+    return int(min(n, max(1, keep)))

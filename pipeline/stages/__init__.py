@@ -1,0 +1,9 @@
+"""The stage registry: recipe kind -> Stage."""
+
+from .base import Stage
+from .channels import IntraFusion, Prune
+from .export import ExportONNX, ExportTensorRT
+from .fold_bn import FoldBN
+from .validate import Validate
+
+STAGES: dict[str, Stage] = {s.kind: s for s in (FoldBN(), Prune(), IntraFusion(), ExportONNX(), ExportTensorRT(), Validate())}
