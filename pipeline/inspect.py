@@ -1,0 +1,57 @@
+"""`otcompress inspect`: what the stages would touch, without changing anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import OTCError
+
+
+def _model_for(target: Path):
+    if target.suffix == ".toml":
+        from .recipe import load_recipe
+        from .runner import load_model
+
+        r = load_recipe(target)
+        return load_model(r), r.model["input_shape"], r.stages
+    if target.suffix == ".safetensors":
+        from .serialize import load_compressed
+
+        model, meta = load_compressed(target)
+        return model, meta["input_shape"], []
+    raise OTCError(f"{target}: expected a recipe (.toml) or a compressed model (.safetensors)")
+
+
+def describe(target: Path, scope: str | None = None) -> str:
+    from .metrics import count_flops, count_params
+
+    model, shape, stages = _model_for(target)
+    lines = [f"{target}: {type(model).__name__}, {count_params(model):,} parameters, {count_flops(model, shape):,} FLOPs"]
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+        from .tokens.patch import schedule, vit_parts
+
+        blocks, n, prefix = vit_parts(model)
+        lines.append(f"transformer blocks: {len(blocks)}, patch tokens {n}, prefix tokens {prefix}")
+        for st in stages:
+            if st["kind"] == "tokens":
+                rs = schedule(n, len(blocks), st)
+                left, c = [], n
+                for r in rs:
+                    c -= r
+                    left.append(c + prefix)
+                lines.append(f"  tokens stage ({st['method']}): removed per block {rs}")
+                lines.append(f"  tokens after each block {left}")
+        return "\n".join(lines)
+    from .groups import GroupGraph
+
+    ch = next((s for s in stages if s["kind"] in ("prune", "intrafusion", "dtp")), {})
+    graph = GroupGraph(model, torch.zeros((1, *shape[1:])), exclude=ch.get("exclude", ()), scope=scope or ch.get("scope"))
+    groups = graph.groups()
+    lines.append(f"channel groups ({graph.scope} scope): {len(groups)}")
+    for g in groups:
+        kind = "internal" if g.internal else "coupled"
+        lines.append(f"  {g.root:<28} {g.n:>5} channels  stage {g.stage}  {kind:<8} producers: {', '.join(g.producers)}"
+                     + (f"  ({g.note})" if g.note else ""))
+    return "\n".join(lines)
