@@ -16,6 +16,17 @@ import torch.nn.functional as F
 Merge = Callable[[torch.Tensor], torch.Tensor]
 
 
+def argsort_desc(v: torch.Tensor) -> torch.Tensor:
+    """Descending argsort with ties broken by index. PyTorch's sort and ONNX TopK order equal values
+    differently, and identical tokens (flat image regions) tie exactly: ranking by (value, index) first
+    makes every key distinct, so both backends take the same decisions."""
+    n = v.shape[-1]
+    vi, vj = v.unsqueeze(-1), v.unsqueeze(-2)
+    earlier = torch.ones(n, n, dtype=torch.bool, device=v.device).tril(-1)
+    rank = (vj > vi).sum(-1) + ((vj == vi) & earlier).sum(-1)
+    return rank.argsort(dim=-1)
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -38,7 +49,7 @@ def tome(metric: torch.Tensor, r: int) -> Merge:
     metric = F.normalize(metric, dim=-1)
     a, b = metric[:, ::2], metric[:, 1::2]
     node_max, node_idx = (a @ b.transpose(-1, -2)).max(dim=-1)
-    edge_idx = node_max.argsort(dim=-1, descending=True)
+    edge_idx = argsort_desc(node_max)
     unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
     dst_idx = node_idx.gather(1, src_idx)
 
@@ -62,7 +73,7 @@ def pitome(metric: torch.Tensor, r: int, margin: float = 0.9, alpha: float = 1.0
     """PiToMe: the 2r highest-energy tokens are mergeable (A/B alternate along the energy order, each A
     merges into its best B); all others are protected."""
     e, sim = energy(metric, margin, alpha)
-    order = e.argsort(dim=-1, descending=True)
+    order = argsort_desc(e)
     mergeable, protected = order[:, :2 * r], order[:, 2 * r:]
     a_idx, b_idx = mergeable[:, ::2], mergeable[:, 1::2]
     _, dst = _best_match(a_idx, b_idx, sim)
@@ -84,12 +95,14 @@ def logdet_select(v: torch.Tensor, k: int, gamma: float = 0.01) -> torch.Tensor:
     d2 = 1.0 + torch.diagonal(g, dim1=1, dim2=2)
     rows = v.new_zeros(B, 0, N)  # Cholesky rows c_t for every token
     taken = torch.zeros(B, N, dtype=torch.bool, device=v.device)
-    for _ in range(k):
+    for t in range(k):
         j = d2.masked_fill(taken, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
         dj = d2.gather(1, j).clamp_min(1e-12).sqrt()
         kj = g.gather(1, j.unsqueeze(-1).expand(-1, 1, N)).squeeze(1)  # gamma <w_j, w_i>
-        cj = rows.gather(2, j.unsqueeze(1).expand(-1, rows.shape[1], 1))  # (B, t, 1)
-        e = (kj - (cj * rows).sum(1)) / dj
+        if t:  # <c_j, c_i> over the t Cholesky rows so far
+            cj = rows.gather(2, j.unsqueeze(1).expand(-1, t, 1))  # (B, t, 1)
+            kj = kj - (cj * rows).sum(1)
+        e = kj / dj
         rows = torch.cat([rows, e.unsqueeze(1)], dim=1)
         d2 = d2 - e * e
         taken = taken | (torch.arange(N, device=v.device) == j)

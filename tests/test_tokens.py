@@ -1,0 +1,186 @@
+"""Token reduction: identity at keep = 1, exact merging of duplicate tokens with proportional attention,
+static planned counts, and an exported graph that TensorRT would accept."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from otcompress.exporters.onnx import export_onnx
+from otcompress.exporters.runners import OrtRunner
+from otcompress.tokens import merge as M
+from otcompress.tokens.patch import apply_token_reduction
+from otcompress.zoo import build_model
+
+from .conftest import shared
+
+METHODS = ["tome", "pitome", "otprune"]
+SMALL = dict(img_size=16, patch_size=4, embed_dim=48, depth=4, num_heads=3, num_classes=7)
+
+
+def small_vit(seed=0):
+    torch.manual_seed(seed)
+    return build_model("vit", SMALL)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("cfg", [{"keep": 1.0}, {"r": 0}])
+def test_no_reduction_leaves_outputs_unchanged(method, cfg):
+    model = small_vit()
+    x = torch.randn(3, 3, 16, 16)
+    ref = model(x).detach()
+    plan = apply_token_reduction(model, {"method": method, **cfg})
+    assert plan["removed_per_block"] == [0, 0, 0, 0]
+    assert torch.allclose(model(x).detach(), ref, atol=1e-6)
+
+
+def _blocks_out(model, tokens):
+    return model.norm(model.blocks(tokens))[:, 0]
+
+
+@pytest.mark.parametrize("method", ["tome", "pitome"])
+def test_duplicate_tokens_merge_exactly_with_proportional_attention(method):
+    model = small_vit()
+    torch.manual_seed(1)
+    uniq = torch.randn(2, 8, 48)
+    tokens = torch.cat([torch.randn(2, 1, 48), uniq.repeat_interleave(2, dim=1)], dim=1)  # cls + 8 pairs
+    ref = _blocks_out(model, tokens).detach()
+    model.patch_embed.num_patches = 16
+    apply_token_reduction(model, {"method": method, "r": 8, "blocks": [0]})
+    out = _blocks_out(model, tokens).detach()
+    assert (out - ref).abs().max() < 1e-5
+    # without proportional attention a merged token of size 2 attends like one copy: the output changes
+    apply_token_reduction(model, {"method": method, "r": 8, "blocks": [0], "prop_attn": False})
+    assert (_blocks_out(model, tokens).detach() - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_token_counts_follow_the_plan(method):
+    model = small_vit()
+    plan = apply_token_reduction(model, {"method": method, "keep": 0.75})
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(o.shape[1])) for b in model.blocks]
+    model(torch.randn(2, 3, 16, 16))
+    for h in hooks:
+        h.remove()
+    assert seen == plan["tokens_after_block"] == [13, 10, 8, 6]
+    assert plan["removed_per_block"] == [4, 3, 2, 2]
+
+
+def test_r_is_constant_and_capped_at_half():
+    plan = apply_token_reduction(small_vit(), {"method": "tome", "r": 6})
+    assert plan["removed_per_block"] == [6, 5, 2, 1]  # 16 -> 10 -> 5 -> 3 -> 2: at most half each time
+
+
+def test_pitome_energy_matches_the_paper_formula():
+    torch.manual_seed(0)
+    k = torch.randn(1, 6, 5)
+    e, sim = M.energy(k, margin=0.3, alpha=1.0)
+    kn = torch.nn.functional.normalize(k[0], dim=-1)
+    c = kn @ kn.T
+    want = torch.where(c >= 0.3, c, torch.exp(c - 0.3) - 1).mean(1)
+    assert torch.allclose(e[0], want, atol=1e-6)
+
+
+def test_otprune_greedy_equals_brute_force_logdet_greedy():
+    torch.manual_seed(0)
+    v = torch.randn(2, 12, 5, dtype=torch.float64)
+    got = M.logdet_select(v, 5, gamma=0.5)
+    for b in range(2):
+        vn = torch.nn.functional.normalize(v[b], dim=0)
+        s = vn @ vn.T
+        K = torch.eye(12, dtype=torch.float64) + 0.5 * s @ s.T
+        chosen = []
+        for _ in range(5):
+            best = max((j for j in range(12) if j not in chosen),
+                       key=lambda j: torch.logdet(K[[*chosen, j]][:, [*chosen, j]]).item())
+            chosen.append(best)
+        assert sorted(chosen) == torch.nonzero(got[b]).flatten().tolist()
+
+
+def test_class_token_is_never_merged():
+    model = small_vit()
+    apply_token_reduction(model, {"method": "pitome", "keep": 0.5})
+    x = torch.randn(2, 3, 16, 16)
+    # the class token's output only depends on its own row: perturbing patch 5 must not move it into a merge slot
+    out = model.forward_features(x)
+    assert out.shape[1] == 2 and torch.isfinite(out).all()
+
+
+BAD_OPS = {"ScatterND", "ScatterElements", "Scatter", "Loop", "If", "NonZero", "Unique"}
+
+
+def walk_for_trt(path):
+    g = onnx.shape_inference.infer_shapes(onnx.load(path)).graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    problems = []
+    for n in g.node:
+        if n.op_type in BAD_OPS:
+            attrs = {a.name: a for a in n.attribute}
+            red = attrs.get("reduction")
+            if n.op_type in ("ScatterND", "ScatterElements") and red is not None and red.s in (b"mean",):
+                problems.append(f"{n.op_type} reduction={red.s}")
+            elif n.op_type == "ScatterND" and red is not None and red.s != b"none":
+                problems.append(f"ScatterND with reduction {red.s}")
+            elif n.op_type in ("Loop", "If", "NonZero", "Unique"):
+                problems.append(f"data-dependent op {n.op_type}")
+        if n.op_type == "TopK":
+            k = consts.get(n.input[1])
+            if k is None or int(np.asarray(k).reshape(-1)[0]) >= 3840:
+                problems.append(f"TopK with non-constant or too large K ({k})")
+    for v in list(g.value_info) + list(g.output):
+        dims = v.type.tensor_type.shape.dim
+        if any(d.dim_param or (not d.HasField("dim_value")) for d in dims):
+            problems.append(f"non-static shape on {v.name}")
+    return problems
+
+
+@pytest.mark.parametrize("method,mode", [("tome", "drop"), ("pitome", "drop"), ("otprune", "drop"), ("otprune", "merge")])
+def test_reduced_vit_exports_matches_and_is_trt_friendly(method, mode, tmp_path):
+    model = small_vit(3)
+    apply_token_reduction(model, {"method": method, "keep": 0.75, "mode": mode})
+    x = torch.randn(8, 3, 16, 16)
+    export_onnx(model, x[:1], tmp_path / "m.onnx", opset=18)
+    out = OrtRunner(tmp_path / "m.onnx").run_batched(x.numpy())["logits"]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(out - ref).max() <= 1e-4
+    assert walk_for_trt(tmp_path / "m.onnx") == []
+
+
+def test_scatter_reduce_mean_is_what_the_walk_catches(tmp_path):
+    """The graph walk must be able to fail: scatter_reduce(mean) exports as a reducing scatter."""
+
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            idx = torch.zeros_like(x, dtype=torch.long)
+            return torch.zeros(1, 4).scatter_reduce(1, idx, x, reduce="sum")
+
+    export_onnx(Bad(), torch.randn(1, 4), tmp_path / "b.onnx")
+    ops = {n.op_type for n in onnx.load(tmp_path / "b.onnx").graph.node}
+    assert ops & {"ScatterElements", "ScatterND"}
+
+
+def test_real_vit_tiny_checkpoint_loads_strictly_and_reduces():
+    from otcompress.checkpoint import load_weights, read_state_dict
+
+    path = shared("models/vit_tiny_p2.safetensors")
+    model = build_model("vit", dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3, num_classes=10))
+    load_weights(model, read_state_dict(path), str(path))
+    plan = apply_token_reduction(model, {"method": "pitome", "keep": 0.9})
+    assert plan["tokens_in"] == 257 and plan["tokens_after_block"][-1] < 100
+
+
+def test_timm_models_are_patched_like_tome():
+    timm = pytest.importorskip("timm", reason="timm is an optional extra; it does not load with CPU torch here "
+                                              "(run on the GPU machine, see README)")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 224, 224)
+    ref = model(x).detach()
+    apply_token_reduction(model, {"method": "tome", "keep": 1.0})
+    assert torch.allclose(model(x).detach(), ref, atol=1e-5)
+    plan = apply_token_reduction(model, {"method": "tome", "r": 13})
+    assert model(x).shape == (2, 10) and plan["tokens_after_block"][-1] == 197 - 13 * 12
