@@ -26,6 +26,7 @@ class Context:
     resume: bool = False
     validation: dict | None = None
     files: dict = field(default_factory=dict)
+    ckpt_dir: Path | None = None  # where training stages checkpoint (the staging folder; shared by all ranks)
 
     @property
     def input_shape(self) -> list[int]:

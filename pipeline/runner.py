@@ -4,7 +4,10 @@ in only when the run finished, so an earlier result is never lost."""
 from __future__ import annotations
 
 import copy
+import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +68,12 @@ def measure(ctx: Context, kind: str, config: dict, seconds: float, details: dict
 
 def run_recipe(recipe: Recipe, out: str | Path | None = None, *, force=False, resume=False, progress=True) -> dict:
     out = Path(out) if out else Path("artifacts") / recipe.name
-    stage_dir = staging_dir(out, force, resume)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 writes artifacts
+    ckpt_dir = out.parent / f".{out.name}.partial"
+    if rank == 0:
+        stage_dir = staging_dir(out, force, resume)
+    else:
+        stage_dir = Path(tempfile.mkdtemp(prefix=f"otcompress-rank{rank}-"))
     model = load_model(recipe)
     original = copy.deepcopy(model).eval()
     for p in original.parameters():
@@ -77,7 +85,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, force=False, re
             "original": {"checkpoint": recipe.model["checkpoint"],
                          "sha256": sha256_file(recipe.model["checkpoint"]) if recipe.model["checkpoint"] else None}}
     ctx = Context(recipe=recipe, model=model, original=original, out=stage_dir, meta=meta, probe_x=x, probe_y=y,
-                  ref_logits=predict(original, x), progress=progress, resume=resume)
+                  ref_logits=predict(original, x), progress=progress and rank == 0, resume=resume, ckpt_dir=ckpt_dir)
     records = [measure(ctx, "original", {}, 0.0)]
     for i, st in enumerate(recipe.stages):
         stage = STAGES[st["kind"]]
@@ -89,6 +97,9 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, force=False, re
             details = stage.apply(ctx, params)
         except OTCError as e:
             raise OTCError(f"{recipe.path}: stages[{i}] ({st['kind']}): {e}") from None
+        if rank != 0 and st["kind"] == "dtp":
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            return {"rank": rank, "validation": {"passed": True}, "out": str(out)}  # the other ranks only train
         records.append(measure(ctx, st["kind"], params, time.perf_counter() - t0, details))
 
     save_compressed(stage_dir / "compressed.safetensors", ctx.model, ctx.meta)
@@ -103,10 +114,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, force=False, re
         report["files"][f] = sha256_file(stage_dir / f)
     atomic_write_json(stage_dir / "report.json", report)
     atomic_write_text(stage_dir / "report.md", render_markdown(report))
-    for tmp in stage_dir.glob("checkpoints"):
-        import shutil
-
-        shutil.rmtree(tmp)
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
     commit_dir(stage_dir, out)
     report["out"] = str(out)
     if progress:

@@ -1,0 +1,235 @@
+"""The dtp stage's work: masks on every pruned group, the mask phase, hard pruning, fine-tuning."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from ..errors import OTCError
+from ..groups import CONV, Group, GroupGraph, is_depthwise
+from ..importance import group_importance
+from ..shrink import shrink_channels
+from ..sparsity import kept_count, ratios_for
+from .budget import FlopsModel
+from .masks import TransportMask
+from .train import cosine, dist_info, evaluate, maybe_init_distributed, train_epoch
+
+
+def mask_points(model: nn.Module, g: Group) -> list[nn.Module]:
+    """Where a group's mask multiplies its channels: after BN (after the last depthwise conv's BN in
+    inverted residuals, so the channel reaching the consumer is really scaled), else the producers."""
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    bns = [s for s in g.slices if isinstance(s.module, nn.modules.batchnorm._BatchNorm)]
+    dws = [s for s in g.slices if is_depthwise(s.module)]
+    if bns:
+        last_dw = max((order[s.name] for s in dws), default=-1)
+        pts = [s for s in bns if order[s.name] > last_dw] or bns
+    else:
+        pts = dws[-1:] if dws else [s for s in g.slices if s.role == "out"]
+    return [s.module for s in pts]
+
+
+@torch.no_grad()
+def fold_mask(module: nn.Module, m: torch.Tensor) -> None:
+    """Scale a mask point's per-channel outputs by m (exactly what the training-time hook did)."""
+    shape = (-1,) + (1,) * (module.weight.dim() - 1)
+    module.weight.mul_(m.view(shape).to(module.weight))
+    if getattr(module, "bias", None) is not None:
+        module.bias.mul_(m.to(module.bias))
+
+
+class Checkpoints:
+    def __init__(self, folder: Path):
+        self.path = folder / "checkpoints" / "dtp.pt"
+
+    def load(self):
+        return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.exists() else None
+
+    def save(self, state: dict) -> None:
+        if dist_info()[0] != 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+
+def run_dtp(ctx, p: dict) -> dict:
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if p["device"] == "auto" else p["device"]
+    distributed = maybe_init_distributed(device)
+    rank, world = dist_info()
+    if p["batch_size"] % world:
+        raise OTCError(f"batch_size {p['batch_size']} is the global batch; it must divide by the {world} processes")
+    torch.manual_seed(p["seed"])
+    model = ctx.model.train()
+    train = ctx.dataset("train")
+    if train.y is None:
+        raise OTCError(f"{ctx.recipe.data['train']}: dtp needs labels (y)")
+    evals = ctx.dataset("eval")
+    norm = lambda x, idx: ctx.normalise(type(train)(x, None), idx)  # noqa: E731
+    data = (train.x, train.y, norm)
+    ex = ctx.normalise(evals) if evals is not None and evals.y is not None else None
+    ckpt = Checkpoints(ctx.ckpt_dir)
+    state = ckpt.load() if ctx.resume else None
+
+    graph = GroupGraph(model.eval(), ctx.example, exclude=p["exclude"], scope=p["scope"])
+    groups = graph.groups()
+    flops_model = FlopsModel(model, ctx.example, groups)
+    budget = p["flops"] is not None
+    if budget:
+        sel = list(range(len(groups)))
+        keep0 = flops_model.uniform_keep(p["flops"], len(groups))
+        keeps = [keep0] * len(groups)
+    else:
+        ratios = ratios_for(groups, p["sparsity"])
+        sel = [i for i, r in enumerate(ratios) if kept_count(groups[i].n, r, p["round_to"]) < groups[i].n]
+        keeps = [kept_count(g.n, r, p["round_to"]) / g.n for g, r in zip(groups, ratios)]
+    if not sel:
+        raise OTCError("dtp: no group would shrink at this sparsity")
+    masks = nn.ModuleList(TransportMask(groups[i].n, keeps[i], group_importance(groups[i], p["importance"]),
+                                        p["eps"], p["sinkhorn_iters"]) for i in sel)
+    theta = nn.Parameter(torch.logit(torch.tensor([keeps[i] for i in sel], dtype=torch.float64)).float()) if budget else None
+    history = []
+
+    def current_keeps():
+        return torch.sigmoid(theta.double()) if budget else None
+
+    def expected_flops():
+        full = [torch.tensor(1.0, dtype=torch.float64)] * len(groups)
+        for j, i in enumerate(sel):
+            full[i] = masks[j].current.double().mean()
+        return flops_model.ratio(full)
+
+    def penalty():
+        ks = current_keeps()
+        full = [torch.tensor(1.0, dtype=torch.float64)] * len(groups)
+        for j, i in enumerate(sel):
+            full[i] = ks[j]
+        return (p["budget_weight"] * (flops_model.ratio(full) - p["flops"]) ** 2).float()
+
+    def status():
+        return {"hard": f"{sum(m.hardness() for m in masks) / len(masks):.3f}", "flops": f"{float(expected_flops()):.3f}"}
+
+    def make_opt(params_w, extra):
+        groups_ = [{"params": params_w, "weight_decay": p["weight_decay"]}]
+        if extra:
+            groups_.append({"params": extra, "weight_decay": 0.0})
+        return torch.optim.SGD(groups_, lr=p["lr"], momentum=p["momentum"])
+
+    def wrap(m):
+        if not distributed:
+            return m
+        if device == "cuda":
+            m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
+        return nn.parallel.DistributedDataParallel(m, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
+
+    steps = len(train) // p["batch_size"]
+    amp = device == "cuda"
+    phase_done = state is not None and state["phase"] == "finetune"
+
+    # ---- phase 1: mask learning -------------------------------------------------------------
+    if not phase_done and p["mask_epochs"] > 0:
+        model._dtp_masks = masks
+        if budget:
+            model._dtp_theta = nn.ParameterList([theta])
+        # one proximal step per training forward; the hooks multiply by the live masks so gradients reach the scores
+        live = {}
+
+        def compute_live(module, inputs):
+            ks = current_keeps()
+            for j, mk in enumerate(masks):
+                live[j] = mk(keep=ks[j] if budget else None, update=module.training)
+
+        hooks = [model.register_forward_pre_hook(compute_live)]
+        for j, i in enumerate(sel):
+            for pt in mask_points(model, groups[i]):
+                hooks.append(pt.register_forward_hook(
+                    lambda mod, inp, out, j=j: out * live[j].view(1, -1, *([1] * (out.dim() - 2))).to(out)))
+        model.to(device)
+        net = wrap(model)
+        score_params = [mk.scores for mk in masks] + ([theta] if budget else [])
+        weights = [q for n, q in model.named_parameters() if not n.startswith("_dtp")]
+        opt = make_opt(weights, score_params)
+        sched = cosine(opt, p["mask_epochs"] * steps, p["lr"])
+        start = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            start, history = state["epoch"], state["history"]
+        for ep in range(start, p["mask_epochs"]):
+            loss = train_epoch(net, opt, sched, data, epoch=ep, seed=p["seed"], batch_size=p["batch_size"], device=device,
+                               amp=amp, augment_mode=p["augment"], extra_loss=penalty if budget else None,
+                               progress=ctx.progress, status=status, desc="dtp masks")
+            acc = evaluate(model, ex, evals.y, device) if ex is not None else None
+            history.append({"phase": "mask", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc,
+                            "hardness": float(status()["hard"]), "flops": float(expected_flops())})
+            if ctx.progress and rank == 0:
+                tqdm.write(f"dtp masks epoch {ep + 1}: loss {loss:.4f} hardness {history[-1]['hardness']:.4f} "
+                           f"flops {history[-1]['flops']:.3f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
+            ckpt.save({"phase": "mask", "epoch": ep + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                       "sched": sched.state_dict(), "history": history})
+            if os.environ.get("OTCOMPRESS_STOP_AFTER_EPOCH") == f"mask:{ep + 1}":
+                raise KeyboardInterrupt("stopped by OTCOMPRESS_STOP_AFTER_EPOCH (test hook)")
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            compute_live(model.eval(), None)
+        model.cpu()
+        del model._dtp_masks
+        if budget:
+            del model._dtp_theta
+
+    # ---- hard masks -------------------------------------------------------------------------
+    if phase_done:
+        keep = {k: torch.tensor(v) for k, v in state["keep"].items()}
+        shrink_channels(model, ctx.example, method="prune", sparsity=0.0, exclude=p["exclude"], scope=p["scope"],
+                        keep_override=keep, progress=False)
+        history = state["history"]
+    else:
+        if budget:
+            counts = flops_model.fit_counts(theta.detach().double(), [groups[i].n for i in sel], p["flops"])
+        else:
+            counts = [round(keeps[i] * groups[i].n) for i in sel]
+        keep = {}
+        for j, i in enumerate(sel):
+            kept = masks[j].hard(counts[j])
+            m = masks[j].current.clone()
+            for pt in mask_points(model, groups[i]):
+                fold_mask(pt, m)
+            keep[groups[i].root] = kept
+        shrink_channels(model, ctx.example, method="prune", sparsity=0.0, exclude=p["exclude"], scope=p["scope"],
+                        keep_override=keep, progress=False)
+
+    # ---- phase 2: fine-tuning ---------------------------------------------------------------
+    model.to(device)
+    net = wrap(model)
+    opt = make_opt(list(model.parameters()), [])
+    sched = cosine(opt, p["finetune_epochs"] * steps, p["lr"])
+    start = 0
+    if phase_done:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["epoch"]
+    for ep in range(start, p["finetune_epochs"]):
+        loss = train_epoch(net, opt, sched, data, epoch=1000 + ep, seed=p["seed"], batch_size=p["batch_size"],
+                           device=device, amp=amp, augment_mode=p["augment"], progress=ctx.progress, desc="dtp finetune")
+        acc = evaluate(model, ex, evals.y, device) if ex is not None else None
+        history.append({"phase": "finetune", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc})
+        if ctx.progress and rank == 0:
+            tqdm.write(f"dtp finetune epoch {ep + 1}: loss {loss:.4f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
+        ckpt.save({"phase": "finetune", "epoch": ep + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                   "sched": sched.state_dict(), "keep": {k: v.tolist() for k, v in keep.items()}, "history": history})
+        if os.environ.get("OTCOMPRESS_STOP_AFTER_EPOCH") == f"finetune:{ep + 1}":
+            raise KeyboardInterrupt("stopped by OTCOMPRESS_STOP_AFTER_EPOCH (test hook)")
+    model.cpu().eval()
+    if distributed:
+        torch.distributed.barrier()
+    return {"groups": [{"group": k, "before": next(g.n for g in groups if g.root == k), "after": len(v),
+                        "layers": next(g.layers for g in groups if g.root == k), "fused": False} for k, v in keep.items()],
+            "history": history, "device": device, "world_size": world}

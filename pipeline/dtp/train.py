@@ -1,0 +1,104 @@
+"""Training for the dtp stage: in-memory data with seeded per-sample augmentation (so a run sharded over
+processes sees exactly the batches of a single-process run), SGD with momentum and a cosine schedule,
+bf16 autocast on GPU, DDP under torchrun (one process writes), a checkpoint every epoch."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def maybe_init_distributed(device: str) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); returns whether this run is distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def augment(x: torch.Tensor, idx: torch.Tensor, seed: int, epoch: int, mode: str) -> torch.Tensor:
+    """Random crop with zero padding (1/8 of the side) and horizontal flip, drawn per sample from
+    (seed, epoch, sample index): the same sample gets the same view whatever the sharding."""
+    if mode == "none":
+        return x
+    n, c, h, w = x.shape
+    pad = max(1, h // 8)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    table = torch.randint(0, 2 * pad + 1, (int(idx.max()) + 1, 2), generator=g)
+    flips = torch.rand(int(idx.max()) + 1, generator=g) < 0.5
+    xp = F.pad(x, (pad, pad, pad, pad))
+    out = torch.empty_like(x)
+    for i in range(n):
+        dy, dx = table[idx[i]].tolist()
+        v = xp[i, :, dy:dy + h, dx:dx + w]
+        out[i] = v.flip(-1) if (mode == "crop_flip" and flips[idx[i]]) else v
+    return out
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int):
+    """This process's share of each global batch: the same permutation on every rank, interleaved."""
+    rank, world = dist_info()
+    g = torch.Generator().manual_seed(seed + epoch)
+    perm = torch.randperm(n, generator=g)
+    steps = n // batch_size  # drop the last partial batch so every rank does the same number of steps
+    for s in range(steps):
+        glob = perm[s * batch_size:(s + 1) * batch_size]
+        yield glob[rank::world]
+
+
+def cosine(opt, total_steps: int, lr: float):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps))))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str, bs: int = 512) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), bs):
+        correct += (model(x[i:i + bs].to(device)).argmax(-1).cpu() == y[i:i + bs]).sum().item()
+    return correct / max(1, len(x))
+
+
+def train_epoch(model, opt, sched, data, *, epoch, seed, batch_size, device, amp, augment_mode, extra_loss=None,
+                progress=True, status=None, desc="train"):
+    """One epoch. `data` = (x_raw, y, normalise); returns the mean loss."""
+    x_raw, y, normalise = data
+    rank, world = dist_info()
+    model.train()
+    steps = len(x_raw) // batch_size
+    bar = tqdm(batches(len(x_raw), batch_size, seed, epoch), total=steps, desc=f"{desc} {epoch + 1}",
+               disable=not progress or rank != 0, leave=False, mininterval=2.0)
+    total, count = 0.0, 0
+    for idx in bar:
+        xb = augment(normalise(x_raw, idx), idx, seed, epoch, augment_mode).to(device, non_blocking=True)
+        yb = y[idx].to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            out = model(xb)
+        # mean over the *global* batch: each rank's share is averaged by DDP's gradient mean
+        loss = F.cross_entropy(out.float(), yb)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item()
+        count += 1
+        if status is not None:
+            bar.set_postfix(loss=f"{loss.item():.3f}", **status())
+    return total / max(1, count)

@@ -1,0 +1,53 @@
+"""Stage `dtp`: learn transport masks with the weights, hard-prune with the same group machinery as
+`prune`/`intrafusion`, fine-tune. Checkpoints every epoch; `run --resume` continues from the last one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import OTCError
+from ..schema import Field
+from ..sparsity import check_sparsity
+from .base import Stage
+from .channels import COMMON
+
+
+class DTP(Stage):
+    kind = "dtp"
+    fields = {
+        **{k: v for k, v in COMMON.items() if k != "sparsity"},
+        "sparsity": Field((float, list, dict), check=check_sparsity,
+                          help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
+        "flops": Field((float,), lo=0.01, hi=1.0, help="a fraction in (0, 1] of the original FLOPs to keep"),
+        "mask_epochs": Field((int,), default=10, lo=0),
+        "finetune_epochs": Field((int,), default=10, lo=0),
+        "lr": Field((float,), default=0.05, lo=0.0),
+        "momentum": Field((float,), default=0.9, lo=0.0, hi=1.0),
+        "weight_decay": Field((float,), default=5e-4, lo=0.0),
+        "batch_size": Field((int,), default=128, lo=1),
+        "eps": Field((float,), default=1.0, lo=1e-6, help="a positive number (entropic temperature)"),
+        "sinkhorn_iters": Field((int,), default=1, lo=1, hi=100),
+        "budget_weight": Field((float,), default=10.0, lo=0.0),
+        "device": Field((str,), default="auto", choices=("auto", "cpu", "cuda")),
+        "seed": Field((int,), default=0),
+        "augment": Field((str,), default="crop_flip", choices=("crop_flip", "crop", "none")),
+    }
+
+    def needs(self, params, model, data):
+        errs = []
+        if not data or not data.get("train"):
+            errs.append("dtp trains: it needs [data].train (an .npz file or an ImageFolder)")
+        if (params["sparsity"] is None) == (params["flops"] is None):
+            errs.append("give exactly one of sparsity (per-group keep ratios) or flops (fraction of FLOPs to keep)")
+        if params["device"] == "cuda" and not torch.cuda.is_available():
+            errs.append("device = 'cuda' but CUDA is not available here (use 'auto' or 'cpu')")
+        return errs
+
+    def apply(self, ctx, params):
+        from ..dtp.run import run_dtp
+
+        return run_dtp(ctx, params)
