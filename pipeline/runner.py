@@ -35,6 +35,7 @@ def versions() -> dict:
 
 
 def load_model(recipe: Recipe) -> torch.nn.Module:
+    torch.manual_seed(0)  # a model without checkpoint is still the same model on every run and every rank
     model = build_model(recipe.model["arch"], recipe.model["args"])
     if recipe.model["checkpoint"]:
         load_weights(model, read_state_dict(recipe.model["checkpoint"]), recipe.model["checkpoint"])

@@ -58,6 +58,26 @@ class Checkpoints:
         os.replace(tmp, self.path)
 
 
+class MaskedNet(nn.Module):
+    """The net plus its masks (and budget logits): one module, so DDP and checkpoints see everything.
+    Each training forward takes one proximal step per mask; hooks on the mask points read `live`."""
+
+    def __init__(self, net: nn.Module, masks: nn.ModuleList, theta: nn.Parameter | None):
+        super().__init__()
+        self.net, self.masks = net, masks
+        self.theta = nn.ParameterList([theta]) if theta is not None else None
+        self.live: dict[int, torch.Tensor] = {}
+
+    def compute(self):
+        ks = torch.sigmoid(self.theta[0].double()) if self.theta is not None else None
+        for j, mk in enumerate(self.masks):
+            self.live[j] = mk(keep=ks[j] if ks is not None else None, update=self.training)
+
+    def forward(self, x):
+        self.compute()
+        return self.net(x)
+
+
 def run_dtp(ctx, p: dict) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if p["device"] == "auto" else p["device"]
     distributed = maybe_init_distributed(device)
@@ -133,31 +153,21 @@ def run_dtp(ctx, p: dict) -> dict:
 
     # ---- phase 1: mask learning -------------------------------------------------------------
     if not phase_done and p["mask_epochs"] > 0:
-        model._dtp_masks = masks
-        if budget:
-            model._dtp_theta = nn.ParameterList([theta])
-        # one proximal step per training forward; the hooks multiply by the live masks so gradients reach the scores
-        live = {}
-
-        def compute_live(module, inputs):
-            ks = current_keeps()
-            for j, mk in enumerate(masks):
-                live[j] = mk(keep=ks[j] if budget else None, update=module.training)
-
-        hooks = [model.register_forward_pre_hook(compute_live)]
+        masked = MaskedNet(model, masks, theta)
+        hooks = []
         for j, i in enumerate(sel):
             for pt in mask_points(model, groups[i]):
                 hooks.append(pt.register_forward_hook(
-                    lambda mod, inp, out, j=j: out * live[j].view(1, -1, *([1] * (out.dim() - 2))).to(out)))
-        model.to(device)
-        net = wrap(model)
+                    lambda mod, inp, out, j=j: out * masked.live[j].view(1, -1, *([1] * (out.dim() - 2))).to(out)))
+        masked.to(device)
+        net = wrap(masked)
         score_params = [mk.scores for mk in masks] + ([theta] if budget else [])
-        weights = [q for n, q in model.named_parameters() if not n.startswith("_dtp")]
+        weights = list(model.parameters())
         opt = make_opt(weights, score_params)
         sched = cosine(opt, p["mask_epochs"] * steps, p["lr"])
         start = 0
         if state is not None:
-            model.load_state_dict(state["model"])
+            masked.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             start, history = state["epoch"], state["history"]
@@ -165,24 +175,21 @@ def run_dtp(ctx, p: dict) -> dict:
             loss = train_epoch(net, opt, sched, data, epoch=ep, seed=p["seed"], batch_size=p["batch_size"], device=device,
                                amp=amp, augment_mode=p["augment"], extra_loss=penalty if budget else None,
                                progress=ctx.progress, status=status, desc="dtp masks")
-            acc = evaluate(model, ex, evals.y, device) if ex is not None else None
+            acc = evaluate(masked, ex, evals.y, device) if ex is not None else None
             history.append({"phase": "mask", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc,
                             "hardness": float(status()["hard"]), "flops": float(expected_flops())})
             if ctx.progress and rank == 0:
                 tqdm.write(f"dtp masks epoch {ep + 1}: loss {loss:.4f} hardness {history[-1]['hardness']:.4f} "
                            f"flops {history[-1]['flops']:.3f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
-            ckpt.save({"phase": "mask", "epoch": ep + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+            ckpt.save({"phase": "mask", "epoch": ep + 1, "model": masked.state_dict(), "opt": opt.state_dict(),
                        "sched": sched.state_dict(), "history": history})
             if os.environ.get("OTCOMPRESS_STOP_AFTER_EPOCH") == f"mask:{ep + 1}":
                 raise KeyboardInterrupt("stopped by OTCOMPRESS_STOP_AFTER_EPOCH (test hook)")
         for h in hooks:
             h.remove()
+        masked.cpu().eval()
         with torch.no_grad():
-            compute_live(model.eval(), None)
-        model.cpu()
-        del model._dtp_masks
-        if budget:
-            del model._dtp_theta
+            masked.compute()
 
     # ---- hard masks -------------------------------------------------------------------------
     if phase_done:
