@@ -58,6 +58,56 @@ class Checkpoints:
         os.replace(tmp, self.path)
 
 
+def finetune(model, ctx, p, epochs, data, evalset, device, ckpt, state, history, extra_state, wrap, desc="finetune"):
+    """SGD with momentum and a cosine schedule; a checkpoint per epoch (phase 'finetune')."""
+    steps = len(data[0]) // p["batch_size"]
+    rank = dist_info()[0]
+    model.to(device)
+    net = wrap(model)
+    opt = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"])
+    sched = cosine(opt, epochs * steps, p["lr"])
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["epoch"]
+    ex, ey = evalset
+    for ep in range(start, epochs):
+        loss = train_epoch(net, opt, sched, data, epoch=1000 + ep, seed=p["seed"], batch_size=p["batch_size"],
+                           device=device, amp=device == "cuda", augment_mode=p["augment"], progress=ctx.progress, desc=desc)
+        acc = evaluate(model, ex, ey, device) if ex is not None else None
+        history.append({"phase": "finetune", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc})
+        if ctx.progress and rank == 0:
+            tqdm.write(f"{desc} epoch {ep + 1}: loss {loss:.4f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
+        ckpt.save({"phase": "finetune", "epoch": ep + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                   "sched": sched.state_dict(), "history": history, **extra_state})
+        if os.environ.get("OTCOMPRESS_STOP_AFTER_EPOCH") == f"finetune:{ep + 1}":
+            raise KeyboardInterrupt("stopped by OTCOMPRESS_STOP_AFTER_EPOCH (test hook)")
+    return history
+
+
+def make_wrap(distributed: bool, device: str):
+    def wrap(m):
+        if not distributed:
+            return m
+        if device == "cuda":
+            m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
+        return nn.parallel.DistributedDataParallel(m, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
+
+    return wrap
+
+
+def training_data(ctx):
+    train = ctx.dataset("train")
+    if train.y is None:
+        raise OTCError(f"{ctx.recipe.data['train']}: training needs labels (y)")
+    evals = ctx.dataset("eval")
+    norm = lambda x, idx: ctx.normalise(type(train)(x, None), idx)  # noqa: E731
+    ex = ctx.normalise(evals) if evals is not None and evals.y is not None else None
+    return (train.x, train.y, norm), (ex, evals.y if ex is not None else None)
+
+
 class MaskedNet(nn.Module):
     """The net plus its masks (and budget logits): one module, so DDP and checkpoints see everything.
     Each training forward takes one proximal step per mask; hooks on the mask points read `live`."""
@@ -86,13 +136,7 @@ def run_dtp(ctx, p: dict) -> dict:
         raise OTCError(f"batch_size {p['batch_size']} is the global batch; it must divide by the {world} processes")
     torch.manual_seed(p["seed"])
     model = ctx.model.train()
-    train = ctx.dataset("train")
-    if train.y is None:
-        raise OTCError(f"{ctx.recipe.data['train']}: dtp needs labels (y)")
-    evals = ctx.dataset("eval")
-    norm = lambda x, idx: ctx.normalise(type(train)(x, None), idx)  # noqa: E731
-    data = (train.x, train.y, norm)
-    ex = ctx.normalise(evals) if evals is not None and evals.y is not None else None
+    data, (ex, ey) = training_data(ctx)
     ckpt = Checkpoints(ctx.ckpt_dir)
     state = ckpt.load() if ctx.resume else None
 
@@ -134,20 +178,14 @@ def run_dtp(ctx, p: dict) -> dict:
     def status():
         return {"hard": f"{sum(m.hardness() for m in masks) / len(masks):.3f}", "flops": f"{float(expected_flops()):.3f}"}
 
-    def make_opt(params_w, extra):
+    def make_opt(params_w, extra):  # scores and budget logits get no weight decay
         groups_ = [{"params": params_w, "weight_decay": p["weight_decay"]}]
         if extra:
             groups_.append({"params": extra, "weight_decay": 0.0})
         return torch.optim.SGD(groups_, lr=p["lr"], momentum=p["momentum"])
 
-    def wrap(m):
-        if not distributed:
-            return m
-        if device == "cuda":
-            m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
-        return nn.parallel.DistributedDataParallel(m, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
-
-    steps = len(train) // p["batch_size"]
+    wrap = make_wrap(distributed, device)
+    steps = len(data[0]) // p["batch_size"]
     amp = device == "cuda"
     phase_done = state is not None and state["phase"] == "finetune"
 
@@ -175,7 +213,7 @@ def run_dtp(ctx, p: dict) -> dict:
             loss = train_epoch(net, opt, sched, data, epoch=ep, seed=p["seed"], batch_size=p["batch_size"], device=device,
                                amp=amp, augment_mode=p["augment"], extra_loss=penalty if budget else None,
                                progress=ctx.progress, status=status, desc="dtp masks")
-            acc = evaluate(masked, ex, evals.y, device) if ex is not None else None
+            acc = evaluate(masked, ex, ey, device) if ex is not None else None
             history.append({"phase": "mask", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc,
                             "hardness": float(status()["hard"]), "flops": float(expected_flops())})
             if ctx.progress and rank == 0:
@@ -190,6 +228,10 @@ def run_dtp(ctx, p: dict) -> dict:
         masked.cpu().eval()
         with torch.no_grad():
             masked.compute()
+
+    elif not phase_done:  # no mask learning: masks from the initial (importance) scores alone
+        with torch.no_grad():
+            MaskedNet(model, masks, theta).eval().compute()
 
     # ---- hard masks -------------------------------------------------------------------------
     if phase_done:
@@ -213,27 +255,9 @@ def run_dtp(ctx, p: dict) -> dict:
                         keep_override=keep, progress=False)
 
     # ---- phase 2: fine-tuning ---------------------------------------------------------------
-    model.to(device)
-    net = wrap(model)
-    opt = make_opt(list(model.parameters()), [])
-    sched = cosine(opt, p["finetune_epochs"] * steps, p["lr"])
-    start = 0
-    if phase_done:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["epoch"]
-    for ep in range(start, p["finetune_epochs"]):
-        loss = train_epoch(net, opt, sched, data, epoch=1000 + ep, seed=p["seed"], batch_size=p["batch_size"],
-                           device=device, amp=amp, augment_mode=p["augment"], progress=ctx.progress, desc="dtp finetune")
-        acc = evaluate(model, ex, evals.y, device) if ex is not None else None
-        history.append({"phase": "finetune", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc})
-        if ctx.progress and rank == 0:
-            tqdm.write(f"dtp finetune epoch {ep + 1}: loss {loss:.4f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
-        ckpt.save({"phase": "finetune", "epoch": ep + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                   "sched": sched.state_dict(), "keep": {k: v.tolist() for k, v in keep.items()}, "history": history})
-        if os.environ.get("OTCOMPRESS_STOP_AFTER_EPOCH") == f"finetune:{ep + 1}":
-            raise KeyboardInterrupt("stopped by OTCOMPRESS_STOP_AFTER_EPOCH (test hook)")
+    extra_state = {"keep": {k: v.tolist() for k, v in keep.items()}}
+    history = finetune(model, ctx, p, p["finetune_epochs"], data, (ex, ey), device,
+                       ckpt, state if phase_done else None, history, extra_state, wrap, desc="dtp finetune")
     model.cpu().eval()
     if distributed:
         torch.distributed.barrier()

@@ -1,0 +1,37 @@
+"""Stage `finetune`: train the current (pruned or fused) model on [data].train, e.g. to compare plain
+pruning or Intra-Fusion with DTP at the same training budget. Same loop, DDP and checkpoints as dtp."""
+
+from ..schema import Field
+from .base import Stage
+from .dtp import DTP
+
+TRAIN_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "device", "seed", "augment")
+
+
+class Finetune(Stage):
+    kind = "finetune"
+    fields = {"epochs": Field((int,), default=10, lo=1), **{k: DTP.fields[k] for k in TRAIN_KEYS}}
+
+    def needs(self, params, model, data):
+        return [] if data and data.get("train") else ["finetune trains: it needs [data].train"]
+
+    def apply(self, ctx, params):
+        import torch
+
+        from ..dtp.run import Checkpoints, finetune, make_wrap, training_data
+        from ..dtp.train import dist_info, maybe_init_distributed
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if params["device"] == "auto" else params["device"]
+        distributed = maybe_init_distributed(device)
+        torch.manual_seed(params["seed"])
+        data, evalset = training_data(ctx)
+        ckpt = Checkpoints(ctx.ckpt_dir)
+        state = ckpt.load() if ctx.resume else None
+        if state is not None and state.get("phase") != "finetune":
+            state = None
+        history = finetune(ctx.model, ctx, params, params["epochs"], data, evalset, device, ckpt, state,
+                           state["history"] if state else [], {}, make_wrap(distributed, device))
+        ctx.model.cpu().eval()
+        if distributed:
+            torch.distributed.barrier()
+        return {"history": history, "device": device, "world_size": dist_info()[1]}
