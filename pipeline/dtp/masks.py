@@ -10,7 +10,7 @@ For a two-point target the Sinkhorn fixed point has a closed form: rows P_i = a_
 m_i = sigmoid(u_i + c) and one scalar c with sum(m) = k. Every step ends with that projection, so the
 mask sums to k exactly and stays in [0, 1] at every step, even where a single sweep would stall
 (see notes/anchors: channels stuck near 0.75). Gradients flow through the sweeps and, via the
-implicit function theorem, through c."""
+implicit function theorem, through c. Everything stays on the device with no host synchronisation."""
 
 from __future__ import annotations
 
@@ -20,21 +20,19 @@ import torch
 import torch.nn as nn
 
 
-def solve_shift(u: torch.Tensor, k: torch.Tensor | float) -> torch.Tensor:
-    """c with sum(sigmoid(u + c)) = k: bisection without grad, then one Newton step for the gradient."""
+def solve_shift(u: torch.Tensor, k, c0: torch.Tensor | None = None, iters: int = 12) -> torch.Tensor:
+    """c with sum(sigmoid(u + c)) = k. Newton's method, warm-started (the previous step's c is nearly
+    right), steps clamped for saturated masks, no host synchronisation; the last step carries the
+    implicit-function gradient dc/du = -sigma' / sum(sigma')."""
+    k = torch.as_tensor(k, dtype=u.dtype, device=u.device)
     with torch.no_grad():
-        kk = float(k)
-        lo, hi = -u.max() - 60.0, -u.min() + 60.0
-        for _ in range(100):
-            mid = (lo + hi) / 2
-            if torch.sigmoid(u + mid).sum() > kk:
-                hi = mid
-            else:
-                lo = mid
-        c0 = (lo + hi) / 2
-    s = torch.sigmoid(u + c0)
-    slope = (s * (1 - s)).sum().clamp_min(1e-30)
-    return c0 - (s.sum() - k) / slope
+        cold = torch.logit(k / u.numel()) - u.mean()
+        c = cold if c0 is None else torch.where(torch.isnan(c0), cold, c0.to(u))
+        for _ in range(iters):
+            s = torch.sigmoid(u + c)
+            c = c - ((s.sum() - k) / (s * (1 - s)).sum().clamp_min(1e-12)).clamp(-4.0, 4.0)
+    s = torch.sigmoid(u + c)
+    return c - (s.sum() - k) / (s * (1 - s)).sum().clamp_min(1e-30)
 
 
 class TransportMask(nn.Module):
@@ -47,7 +45,7 @@ class TransportMask(nn.Module):
         lb = torch.tensor([math.log(max(1 - keep, 1e-12)), math.log(max(keep, 1e-12))], dtype=torch.float64)
         self.register_buffer("log_plan", (la + lb).expand(n, 2).clone())  # independent coupling a (x) b
         self.register_buffer("current", torch.full((n,), float(keep)))
-        self.steps = 0
+        self.register_buffer("shift", torch.full((), float("nan"), dtype=torch.float64))  # last dual shift (warm start)
 
     def normalised_scores(self) -> torch.Tensor:
         s = self.scores.double()
@@ -69,13 +67,13 @@ class TransportMask(nn.Module):
             f = log_a - torch.logsumexp(logk + g, dim=1)
             g = log_b - torch.logsumexp(logk + f[:, None], dim=0)
         u = (logk[:, 1] + g[1]) - (logk[:, 0] + g[0])
-        c = solve_shift(u, kept)
+        c = solve_shift(u, kept, self.shift)
         z = u + c
         m = torch.sigmoid(z)
         if update and self.training:
             plan = log_a[:, None] + torch.stack([nn.functional.logsigmoid(-z), nn.functional.logsigmoid(z)], dim=1)
             self.log_plan.copy_(plan.detach())
-            self.steps += 1
+            self.shift.copy_(c.detach())
         self.current.copy_(m.detach().float())
         return m.float()
 

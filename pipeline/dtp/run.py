@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -74,10 +75,12 @@ def finetune(model, ctx, p, epochs, data, evalset, device, ckpt, state, history,
         start = state["epoch"]
     ex, ey = evalset
     for ep in range(start, epochs):
+        t0 = time.perf_counter()
         loss = train_epoch(net, opt, sched, data, epoch=1000 + ep, seed=p["seed"], batch_size=p["batch_size"],
                            device=device, amp=device == "cuda", augment_mode=p["augment"], progress=ctx.progress, desc=desc)
+        secs = time.perf_counter() - t0
         acc = evaluate(model, ex, ey, device) if ex is not None else None
-        history.append({"phase": "finetune", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc})
+        history.append({"phase": "finetune", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc, "seconds": secs})
         if ctx.progress and rank == 0:
             tqdm.write(f"{desc} epoch {ep + 1}: loss {loss:.4f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
         ckpt.save({"phase": "finetune", "epoch": ep + 1, "model": model.state_dict(), "opt": opt.state_dict(),
@@ -210,12 +213,14 @@ def run_dtp(ctx, p: dict) -> dict:
             sched.load_state_dict(state["sched"])
             start, history = state["epoch"], state["history"]
         for ep in range(start, p["mask_epochs"]):
+            t0 = time.perf_counter()
             loss = train_epoch(net, opt, sched, data, epoch=ep, seed=p["seed"], batch_size=p["batch_size"], device=device,
                                amp=amp, augment_mode=p["augment"], extra_loss=penalty if budget else None,
                                progress=ctx.progress, status=status, desc="dtp masks")
+            secs = time.perf_counter() - t0
             acc = evaluate(masked, ex, ey, device) if ex is not None else None
             history.append({"phase": "mask", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc,
-                            "hardness": float(status()["hard"]), "flops": float(expected_flops())})
+                            "hardness": float(status()["hard"]), "flops": float(expected_flops()), "seconds": secs})
             if ctx.progress and rank == 0:
                 tqdm.write(f"dtp masks epoch {ep + 1}: loss {loss:.4f} hardness {history[-1]['hardness']:.4f} "
                            f"flops {history[-1]['flops']:.3f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
