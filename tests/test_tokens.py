@@ -59,7 +59,8 @@ def test_token_counts_follow_the_plan(method):
     model = small_vit()
     plan = apply_token_reduction(model, {"method": method, "keep": 0.75})
     seen = []
-    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(o.shape[1])) for b in model.blocks]
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).shape[1]))
+             for b in model.blocks]
     model(torch.randn(2, 3, 16, 16))
     for h in hooks:
         h.remove()

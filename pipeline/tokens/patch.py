@@ -3,8 +3,8 @@ for a subclass whose forward merges after the attention residual and before the 
 VisionTransformer/DeiT and on the built-in `vit` (same attribute names).
 
 Unlike ToMe, token sizes do not live in a dict shared by the blocks (torch.export does not keep such
-state coherent): they travel between blocks as one extra channel, added by the first block and
-stripped by the last, so the patched model is stateless and exports."""
+state coherent): the blocks pass (tokens, sizes) to each other through the model's Sequential, the first
+block taking plain tokens and the last returning them, so the patched model is stateless and exports."""
 
 from __future__ import annotations
 
@@ -81,19 +81,19 @@ def reduce_tokens(x, metric, size, prefix: int, r: int, cfg: dict, layer: int, d
     method = cfg["method"]
     if size is None:
         size = x.new_ones(x.shape[0], x.shape[1], 1)
-    xp, xt = x[:, :prefix], x[:, prefix:]
-    sp, st = size[:, :prefix], size[:, prefix:]
     mt = metric[:, prefix:]
+    n = mt.shape[1]
     if method == "tome":
-        fn = M.tome(mt, r)
+        dest = M.tome(mt, r)
     elif method == "pitome":
         m0 = cfg.get("margin", 0.9)
-        fn = M.pitome(mt, r, margin=m0 - m0 * layer / depth, alpha=cfg.get("alpha", 1.0))
+        dest = M.pitome(mt, r, margin=m0 - m0 * layer / depth, alpha=cfg.get("alpha", 1.0))
     else:
-        fn = M.otprune(mt, xt.shape[1] - r, gamma=cfg.get("gamma", 0.01), mode=cfg.get("mode", "drop"))
-    xt_sum = fn(xt * st)
-    st = fn(st)
-    return torch.cat([xp, xt_sum / st], dim=1), torch.cat([sp, st], dim=1)
+        dest = M.otprune(mt, n - r, gamma=cfg.get("gamma", 0.01), mode=cfg.get("mode", "drop"))
+    st = size[:, prefix:]
+    xt = M.merge_into(x[:, prefix:] * st, dest, n - r)
+    st = M.merge_into(st, dest, n - r)
+    return torch.cat([x[:, :prefix], xt / st], dim=1), torch.cat([size[:, :prefix], st], dim=1)
 
 
 class _ReducingBlock:
@@ -101,9 +101,7 @@ class _ReducingBlock:
 
     def forward(self, x, *args, **kwargs):
         cfg = self._tok_cfg
-        size = None
-        if not self._tok_first:
-            x, size = x[..., :-1], x[..., -1:]
+        x, size = x if isinstance(x, tuple) else (x, None)
         y, metric = attention(self.attn, self.norm1(x), size if cfg.get("prop_attn", True) else None)
         y = self.ls1(y) if hasattr(self, "ls1") else y
         x = x + (self.drop_path1(y) if hasattr(self, "drop_path1") else y)
@@ -112,9 +110,7 @@ class _ReducingBlock:
         y = self.mlp(self.norm2(x))
         y = self.ls2(y) if hasattr(self, "ls2") else y
         x = x + (self.drop_path2(y) if hasattr(self, "drop_path2") else y)
-        if self._tok_last:
-            return x
-        return torch.cat([x, size if size is not None else x.new_ones(*x.shape[:2], 1)], dim=-1)
+        return x if self._tok_last else (x, size)
 
 
 _CLASSES: dict = {}
@@ -137,7 +133,7 @@ def apply_token_reduction(model: nn.Module, cfg: dict) -> dict:
         if not isinstance(b, _ReducingBlock):
             b.__class__ = _subclass(_ReducingBlock, type(b))
         b._tok_cfg, b._tok_r, b._tok_layer, b._tok_depth, b._tok_prefix = cfg, r, layer, depth, prefix
-        b._tok_first, b._tok_last = layer == 0, layer == depth - 1
+        b._tok_last = layer == depth - 1
         n -= r
         left.append(n + prefix)
     return {"removed_per_block": rs, "tokens_after_block": left, "tokens_in": n_patches + prefix}
