@@ -53,6 +53,9 @@ for p in [float(s) for s in args.sparsities.split(",")]:
         (f"intrafusion+finetune p={p}", p, f'[[stages]]\nkind = "intrafusion"\n{sp}\n[[stages]]\nkind = "finetune"\n'
                                           f'epochs = {E}\n{TRAIN}'),
     ]
+import torch
+
+torch.backends.cudnn.benchmark = True
 from otcompress.recipe import load_recipe
 from otcompress.runner import run_recipe
 
