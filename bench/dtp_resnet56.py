@@ -20,6 +20,8 @@ ap.add_argument("--data", default=str(SHARED))
 ap.add_argument("--sparsities", default="0.5,0.7")
 ap.add_argument("--batch-size", type=int, default=128)
 ap.add_argument("--lr", type=float, default=0.05)
+ap.add_argument("--no-unpruned", action="store_true", help="skip the unpruned baseline (run it once, separately)")
+ap.add_argument("--out", default="dtp_resnet56.json")
 args = ap.parse_args()
 D = Path(args.data)
 E = args.mask_epochs + args.finetune_epochs
@@ -43,7 +45,7 @@ def recipe(name, stages):
 
 
 rows = []
-runs = [("unpruned+finetune", None, f'[[stages]]\nkind = "finetune"\nepochs = {E}\n{TRAIN}')]
+runs = [] if args.no_unpruned else [("unpruned+finetune", None, f'[[stages]]\nkind = "finetune"\nepochs = {E}\n{TRAIN}')]
 for p in [float(s) for s in args.sparsities.split(",")]:
     sp = f"sparsity = [0, {p}, {p}, {p}]"
     runs += [
@@ -76,12 +78,12 @@ with tempfile.TemporaryDirectory() as td:
                "finetune_epoch_s": [h["seconds"] for h in hist if h["phase"] == "finetune"],
                "history": hist}
         rows.append(row)
-        save("dtp_resnet56.json", rows)  # partial results survive a time limit
+        save(args.out, rows)  # partial results survive a time limit
         print(f"{label:<28} top-1 {row['accuracy']:.4f} (orig {row['accuracy_original']:.4f})  FLOPs "
               f"{row['flops'] / row['flops_original']:.3f}x  {row['seconds']:.0f}s", flush=True)
-unp = next(r for r in rows if r["p"] is None)
-for r in rows:
+unp = next((r for r in rows if r["p"] is None), None)
+for r in rows if unp else []:
     if r["mask_epoch_s"]:
         r["mask_overhead"] = (sum(r["mask_epoch_s"]) / len(r["mask_epoch_s"])) / (sum(unp["finetune_epoch_s"]) / len(unp["finetune_epoch_s"])) - 1
         print(f"{r['run']}: epoch with masks {r['mask_overhead'] * 100:+.1f}% vs the unpruned net's epoch without masks")
-print(f"wrote {save('dtp_resnet56.json', rows)}")
+print(f"wrote {save(args.out, rows)}")

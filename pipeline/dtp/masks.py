@@ -53,9 +53,8 @@ class TransportMask(nn.Module):
 
     def forward(self, keep: torch.Tensor | float | None = None, update: bool = True) -> torch.Tensor:
         keep = self.keep if keep is None else keep
-        kept = keep * self.n if torch.is_tensor(keep) else torch.tensor(keep * self.n, dtype=torch.float64)
-        kept = kept.double()
         sh = self.normalised_scores()
+        kept = (keep * self.n if torch.is_tensor(keep) else torch.tensor(keep * self.n)).to(sh.device, torch.float64)
         y = torch.tensor([0.0, 1.0], dtype=torch.float64, device=sh.device)
         cost = (sh[:, None] - y[None, :]) ** 2
         logk = self.log_plan - cost / self.eps
