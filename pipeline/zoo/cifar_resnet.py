@@ -16,8 +16,10 @@ class PadShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
-class BasicBlockA(nn.Module):
-    def __init__(self, cin, planes, stride=1):
+class BasicBlock(nn.Module):
+    """Option "A": zero-padded identity shortcut; option "B": 1x1 conv + BN shortcut."""
+
+    def __init__(self, cin, planes, stride=1, option="A"):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -25,7 +27,8 @@ class BasicBlockA(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != planes:
-            self.shortcut = PadShortcut(planes // 4)
+            self.shortcut = PadShortcut(planes // 4) if option == "A" else nn.Sequential(
+                nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -45,7 +48,7 @@ class CifarResNetA(nn.Module):
         for i, (planes, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
             blocks = []
             for j in range(n):
-                blocks.append(BasicBlockA(cin, planes, stride if j == 0 else 1))
+                blocks.append(BasicBlock(cin, planes, stride if j == 0 else 1, "A"))
                 cin = planes
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         self.linear = nn.Linear(64, num_classes)
@@ -73,23 +76,6 @@ def cifar_resnet56(num_classes=10):
     return CifarResNetA(9, num_classes)
 
 
-class BasicBlockB(nn.Module):
-    def __init__(self, cin, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
 class CifarResNet18(nn.Module):
     def __init__(self, width: int = 64, num_classes: int = 10):
         super().__init__()
@@ -99,7 +85,7 @@ class CifarResNet18(nn.Module):
         cin = w
         for i, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):
             planes = w * mult
-            setattr(self, f"layer{i}", nn.Sequential(BasicBlockB(cin, planes, stride), BasicBlockB(planes, planes)))
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, planes, stride, "B"), BasicBlock(planes, planes, 1, "B")))
             cin = planes
         self.linear = nn.Linear(cin, num_classes)
 
