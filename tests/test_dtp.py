@@ -10,17 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from otcompress.dtp.masks import TransportMask
+from otcompress.dtp.masks import TransportMasks
 
 from .conftest import ROOT, run_cli, write_recipe
 
 
 def test_mask_sums_to_k_and_stays_in_unit_interval_every_step():
     torch.manual_seed(0)
-    mk = TransportMask(20, 0.35, torch.randn(20), eps=0.05, iters=1).train()
+    sizes, keeps = [20, 7, 64], [0.35, 3 / 7, 0.25]
+    mk = TransportMasks(sizes, keeps, [torch.randn(n) for n in sizes], eps=0.05, iters=1).train()
     for _ in range(200):
         m = mk()
-        assert abs(m.double().sum().item() - 7.0) < 1e-4
+        for g, (n, k) in enumerate(zip(sizes, keeps)):
+            assert abs(m[g, :n].double().sum().item() - n * k) < 1e-4
+            assert (m[g, n:] == 0).all()
         assert m.min() >= 0 and m.max() <= 1
         assert torch.isfinite(m).all()
 
@@ -33,22 +36,22 @@ def test_masks_harden_and_pick_the_known_good_channels():
     w_true = torch.zeros(n)
     w_true[good] = torch.tensor([2.0, -1.5, 1.0, 2.5])
     y = X @ w_true
-    mk = TransportMask(n, k / n, torch.zeros(n) + 0.01 * torch.randn(n), eps=0.5, iters=1).train()
+    mk = TransportMasks([n], [k / n], [torch.zeros(n) + 0.01 * torch.randn(n)], eps=0.5, iters=1).train()
     w = torch.nn.Parameter(torch.zeros(n))
     opt = torch.optim.SGD([w, mk.scores], lr=0.05, momentum=0.9)
     for step in range(600):
-        m = mk()
+        m = mk()[0]
         loss = ((X * m) @ w - y).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    m = mk(update=False)
+    m = mk(update=False)[0]
     assert ((m - m.round()) ** 2).mean() < 1e-3
-    assert mk.hard(k).tolist() == good
+    assert mk.hard(0, k).tolist() == good
 
 
 def test_no_nan_at_small_eps():
-    mk = TransportMask(8, 0.5, torch.randn(8), eps=1e-5, iters=3).train()
+    mk = TransportMasks([8, 5], [0.5, 0.4], [torch.randn(8), torch.randn(5)], eps=1e-5, iters=3).train()
     for _ in range(5):
         m = mk()
         m.sum().backward()

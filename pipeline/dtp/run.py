@@ -16,7 +16,7 @@ from ..importance import group_importance
 from ..shrink import shrink_channels
 from ..sparsity import kept_count, ratios_for
 from .budget import FlopsModel
-from .masks import TransportMask
+from .masks import TransportMasks
 from .train import cosine, dist_info, evaluate, maybe_init_distributed, train_epoch
 
 
@@ -115,16 +115,15 @@ class MaskedNet(nn.Module):
     """The net plus its masks (and budget logits): one module, so DDP and checkpoints see everything.
     Each training forward takes one proximal step per mask; hooks on the mask points read `live`."""
 
-    def __init__(self, net: nn.Module, masks: nn.ModuleList, theta: nn.Parameter | None):
+    def __init__(self, net: nn.Module, masks: TransportMasks, theta: nn.Parameter | None):
         super().__init__()
         self.net, self.masks = net, masks
         self.theta = nn.ParameterList([theta]) if theta is not None else None
-        self.live: dict[int, torch.Tensor] = {}
+        self.live: torch.Tensor | None = None
 
     def compute(self):
         ks = torch.sigmoid(self.theta[0].double()) if self.theta is not None else None
-        for j, mk in enumerate(self.masks):
-            self.live[j] = mk(keep=ks[j] if ks is not None else None, update=self.training)
+        self.live = self.masks(keep=ks, update=self.training)
 
     def forward(self, x):
         self.compute()
@@ -157,8 +156,8 @@ def run_dtp(ctx, p: dict) -> dict:
         keeps = [kept_count(g.n, r, p["round_to"]) / g.n for g, r in zip(groups, ratios)]
     if not sel:
         raise OTCError("dtp: no group would shrink at this sparsity")
-    masks = nn.ModuleList(TransportMask(groups[i].n, keeps[i], group_importance(groups[i], p["importance"]),
-                                        p["eps"], p["sinkhorn_iters"]) for i in sel)
+    masks = TransportMasks([groups[i].n for i in sel], [keeps[i] for i in sel],
+                           [group_importance(groups[i], p["importance"]) for i in sel], p["eps"], p["sinkhorn_iters"])
     theta = nn.Parameter(torch.logit(torch.tensor([keeps[i] for i in sel], dtype=torch.float64)).float()) if budget else None
     history = []
 
@@ -168,7 +167,7 @@ def run_dtp(ctx, p: dict) -> dict:
     def expected_flops():
         full = [torch.tensor(1.0, dtype=torch.float64)] * len(groups)
         for j, i in enumerate(sel):
-            full[i] = masks[j].current.double().mean()
+            full[i] = masks.current[j, : groups[i].n].double().mean()
         return flops_model.ratio(full)
 
     def penalty():
@@ -179,7 +178,7 @@ def run_dtp(ctx, p: dict) -> dict:
         return (p["budget_weight"] * (flops_model.ratio(full) - p["flops"]) ** 2).float()
 
     def status():
-        return {"hard": f"{sum(m.hardness() for m in masks) / len(masks):.3f}", "flops": f"{float(expected_flops()):.3f}"}
+        return {"hard": f"{masks.hardness():.3f}", "flops": f"{float(expected_flops()):.3f}"}
 
     def make_opt(params_w, extra):  # scores and budget logits get no weight decay
         groups_ = [{"params": params_w, "weight_decay": p["weight_decay"]}]
@@ -199,10 +198,11 @@ def run_dtp(ctx, p: dict) -> dict:
         for j, i in enumerate(sel):
             for pt in mask_points(model, groups[i]):
                 hooks.append(pt.register_forward_hook(
-                    lambda mod, inp, out, j=j: out * masked.live[j].view(1, -1, *([1] * (out.dim() - 2))).to(out)))
+                    lambda mod, inp, out, j=j, n=groups[i].n:
+                    out * masked.live[j, :n].view(1, -1, *([1] * (out.dim() - 2))).to(out)))
         masked.to(device)
         net = wrap(masked)
-        score_params = [mk.scores for mk in masks] + ([theta] if budget else [])
+        score_params = [masks.scores] + ([theta] if budget else [])
         weights = list(model.parameters())
         opt = make_opt(weights, score_params)
         sched = cosine(opt, p["mask_epochs"] * steps, p["lr"])
@@ -251,8 +251,8 @@ def run_dtp(ctx, p: dict) -> dict:
             counts = [round(keeps[i] * groups[i].n) for i in sel]
         keep = {}
         for j, i in enumerate(sel):
-            kept = masks[j].hard(counts[j])
-            m = masks[j].current.clone()
+            kept = masks.hard(j, counts[j])
+            m = masks.current[j, : groups[i].n].clone()
             for pt in mask_points(model, groups[i]):
                 fold_mask(pt, m)
             keep[groups[i].root] = kept
