@@ -99,13 +99,19 @@ def test_otprune_greedy_equals_brute_force_logdet_greedy():
         assert sorted(chosen) == torch.nonzero(got[b]).flatten().tolist()
 
 
-def test_class_token_is_never_merged():
-    model = small_vit()
-    apply_token_reduction(model, {"method": "pitome", "keep": 0.5})
-    x = torch.randn(2, 3, 16, 16)
-    # the class token's output only depends on its own row: perturbing patch 5 must not move it into a merge slot
-    out = model.forward_features(x)
-    assert out.shape[1] == 2 and torch.isfinite(out).all()
+@pytest.mark.parametrize("method,mode", [("tome", "drop"), ("pitome", "drop"), ("otprune", "merge")])
+def test_class_token_is_never_merged(method, mode):
+    """A class token identical to every patch token is everyone's best match; it must still pass untouched."""
+    from otcompress.tokens.patch import reduce_tokens
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1 + 12, 8)
+    metric = torch.randn(2, 13, 4)
+    metric[:, 0] = metric[:, 1:].mean(1)  # the most similar token to all others
+    out, size = reduce_tokens(x, metric, None, prefix=1, r=5, cfg={"method": method, "mode": mode}, layer=0, depth=4)
+    assert out.shape == (2, 8, 8)
+    assert torch.equal(out[:, 0], x[:, 0]) and torch.equal(size[:, 0], torch.ones(2, 1))
+    assert torch.allclose(size[:, 1:].sum(1), torch.full((2, 1), 12.0 if mode == "merge" or method != "otprune" else 7.0))
 
 
 BAD_OPS = {"ScatterND", "ScatterElements", "Scatter", "Loop", "If", "NonZero", "Unique"}
