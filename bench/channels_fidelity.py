@@ -22,12 +22,14 @@ ap.add_argument("--limit", type=int, default=None,
 ap.add_argument("--models", default=",".join(MODELS))
 ap.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7")
 ap.add_argument("--out", default="channels_fidelity.json")
+ap.add_argument("--every", type=int, default=1, help="use every k-th test image (a class-balanced subset of test.npz)")
 args = ap.parse_args()
 torch.set_grad_enabled(False)
 rows = []
 for name in args.models.split(","):
     base = load(name)
     x, y = eval_data(name, args.limit)
+    x, y = x[:: args.every], y[:: args.every]
     fold_batchnorm(base, x[:1])
     ref = predict(base, x)
     acc0 = float((ref.argmax(-1) == y).float().mean())

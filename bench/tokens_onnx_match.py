@@ -1,0 +1,46 @@
+"""How often onnxruntime matches PyTorch within 1e-4 (max abs logit) for token-reduced vit_tiny_p2, per
+image, on real CIFAR-10 images (official-order lossless set) and on seeded random inputs.
+
+    .venv/bin/python bench/tokens_onnx_match.py [--methods tome,pitome] [--keep 0.9] [--n 64]
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import CIFAR_NORM, need, save
+
+from otcompress.checkpoint import load_weights, read_state_dict
+from otcompress.data import load_dataset
+from otcompress.exporters.onnx import export_onnx
+from otcompress.exporters.runners import OrtRunner
+from otcompress.tokens.patch import apply_token_reduction
+from otcompress.zoo import build_model
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--methods", default="tome,pitome")
+ap.add_argument("--keep", type=float, default=0.9)
+ap.add_argument("--n", type=int, default=64)
+args = ap.parse_args()
+ds = load_dataset(need("cifar10/test-lossless-932.npz"), args.n)
+real = ds.batch(slice(None), *CIFAR_NORM)
+rand = torch.from_numpy(np.random.default_rng(0).standard_normal(tuple(real.shape)).astype(np.float32))
+rows = []
+for method in args.methods.split(","):
+    m = build_model("vit", dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3, num_classes=10))
+    load_weights(m, read_state_dict(need("models/vit_tiny_p2.safetensors")), "vit_tiny_p2")
+    apply_token_reduction(m, {"method": method, "keep": args.keep})
+    with tempfile.TemporaryDirectory() as td:
+        export_onnx(m, real[:1], Path(td) / "m.onnx")
+        ort = OrtRunner(Path(td) / "m.onnx")
+        for name, x in (("real", real), ("random", rand)):
+            with torch.no_grad():
+                ref = m(x).numpy()
+            d = np.abs(ort.run_batched(x.numpy())["logits"] - ref).max(1)
+            rows.append({"method": method, "keep": args.keep, "inputs": name, "images": len(d),
+                         "within_1e-4": int((d <= 1e-4).sum()), "max_abs": float(d.max())})
+            print(rows[-1], flush=True)
+print(f"wrote {save('tokens_onnx_match.json', rows)}")
