@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("OTC_SHARED", ROOT.parent / "shared" / "data"))

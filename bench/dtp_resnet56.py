@@ -6,7 +6,6 @@ the JPEG training set and are evaluated on test.npz. Also the per-epoch time wit
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from otcompress.errors import OTCError
 
-from .onnx import INPUT, OUTPUT, load_checked
+from .onnx import OUTPUT, load_checked
 
 
 class Runner:

@@ -42,7 +42,7 @@ def load_model(recipe: Recipe) -> torch.nn.Module:
     return model.eval()
 
 
-def probe_inputs(recipe: Recipe, ctx_like) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+def probe_inputs(recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     d = recipe.data
     if d and d.get("eval"):
         from .data import load_dataset
@@ -79,7 +79,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, force=False, re
     original = copy.deepcopy(model).eval()
     for p in original.parameters():
         p.requires_grad_(False)
-    x, y, source = probe_inputs(recipe, None)
+    x, y, source = probe_inputs(recipe)
     d = recipe.data or {}
     meta = {"arch": recipe.model["arch"], "args": recipe.model["args"], "input_shape": recipe.model["input_shape"],
             "mean": d.get("mean"), "std": d.get("std"), "eval": d.get("eval"), "name": recipe.name,

@@ -14,7 +14,6 @@ implicit function theorem, through c. Everything stays on the device with no hos
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn

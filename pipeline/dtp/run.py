@@ -11,7 +11,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..errors import OTCError
-from ..groups import CONV, Group, GroupGraph, is_depthwise
+from ..groups import Group, GroupGraph, is_depthwise
 from ..importance import group_importance
 from ..shrink import shrink_channels
 from ..sparsity import kept_count, ratios_for

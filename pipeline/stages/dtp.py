@@ -3,13 +3,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from ..errors import OTCError
 from ..schema import Field
 from ..sparsity import check_sparsity
 from .base import Stage

@@ -13,7 +13,6 @@ from .digits import digits_cnn
 from .mobilenetv2 import cifar_mobilenetv2
 from .resnet import resnet18, resnet50
 from .vgg import cifar_vgg11_bn
-from .vit import CONFIGS as VIT_CONFIGS
 from .vit import vit
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
