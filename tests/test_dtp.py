@@ -163,3 +163,17 @@ def test_two_process_gloo_equals_one_process(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-4), (k, (a[k] - b[k]).abs().max(), a[k].abs().max())
     rep = json.loads((tmp_path / "two" / "report.json").read_text())
     assert rep["stages"][1]["details"]["world_size"] == 2
+
+
+def test_augmentation_of_a_sample_does_not_depend_on_its_batch():
+    """Sharded runs see the same views as one process only if a sample's crop and flip depend on
+    (seed, epoch, index) alone — not on which other samples share its batch."""
+    from otcompress.dtp.train import augment, augment_plan
+
+    x = torch.arange(40 * 3 * 8 * 8, dtype=torch.float32).reshape(40, 3, 8, 8)
+    plan = augment_plan(40, 8, seed=3, epoch=1)
+    whole = augment(x, torch.arange(40), plan, "crop_flip")
+    for idx in (torch.tensor([5, 7]), torch.tensor([5, 39]), torch.tensor([0, 5, 20])):
+        part = augment(x[idx], idx, plan, "crop_flip")
+        assert torch.equal(part, whole[idx])
+    assert not torch.equal(whole, x)  # it does augment

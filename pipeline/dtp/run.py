@@ -66,7 +66,7 @@ def finetune(model, ctx, p, epochs, data, evalset, device, ckpt, state, history,
     model.to(device)
     net = wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"])
-    sched = cosine(opt, epochs * steps, p["lr"])
+    sched = cosine(opt, epochs * steps)
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -205,7 +205,7 @@ def run_dtp(ctx, p: dict) -> dict:
         score_params = [masks.scores] + ([theta] if budget else [])
         weights = list(model.parameters())
         opt = make_opt(weights, score_params)
-        sched = cosine(opt, p["mask_epochs"] * steps, p["lr"])
+        sched = cosine(opt, p["mask_epochs"] * steps)
         start = 0
         if state is not None:
             masked.load_state_dict(state["model"])

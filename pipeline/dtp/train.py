@@ -31,20 +31,25 @@ def maybe_init_distributed(device: str) -> bool:
     return True
 
 
-def augment(x: torch.Tensor, idx: torch.Tensor, seed: int, epoch: int, mode: str) -> torch.Tensor:
-    """Random crop with zero padding (1/8 of the side) and horizontal flip, drawn per sample from
-    (seed, epoch, sample index): the same sample gets the same view whatever the sharding."""
+def augment_plan(n: int, size: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets and flips for every sample of an epoch, drawn once from (seed, epoch): a sample gets the
+    same view whatever batch or process it lands in."""
+    pad = max(1, size // 8)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randint(0, 2 * pad + 1, (n, 2), generator=g), torch.rand(n, generator=g) < 0.5
+
+
+def augment(x: torch.Tensor, idx: torch.Tensor, plan, mode: str) -> torch.Tensor:
+    """Random crop with zero padding (1/8 of the side) and horizontal flip, looked up in the epoch's plan."""
     if mode == "none":
         return x
     n, c, h, w = x.shape
     pad = max(1, h // 8)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    table = torch.randint(0, 2 * pad + 1, (int(idx.max()) + 1, 2), generator=g)
-    flips = torch.rand(int(idx.max()) + 1, generator=g) < 0.5
+    offsets, flips = plan
     xp = F.pad(x, (pad, pad, pad, pad))
     out = torch.empty_like(x)
     for i in range(n):
-        dy, dx = table[idx[i]].tolist()
+        dy, dx = offsets[idx[i]].tolist()
         v = xp[i, :, dy:dy + h, dx:dx + w]
         out[i] = v.flip(-1) if (mode == "crop_flip" and flips[idx[i]]) else v
     return out
@@ -61,7 +66,7 @@ def batches(n: int, batch_size: int, seed: int, epoch: int):
         yield glob[rank::world]
 
 
-def cosine(opt, total_steps: int, lr: float):
+def cosine(opt, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps))))
 
 
@@ -84,8 +89,9 @@ def train_epoch(model, opt, sched, data, *, epoch, seed, batch_size, device, amp
     bar = tqdm(batches(len(x_raw), batch_size, seed, epoch), total=steps, desc=f"{desc} {epoch + 1}",
                disable=not progress or rank != 0, leave=False, mininterval=2.0)
     total, count = 0.0, 0
+    plan = augment_plan(len(x_raw), x_raw.shape[-2], seed, epoch)
     for idx in bar:
-        xb = augment(normalise(x_raw, idx), idx, seed, epoch, augment_mode).to(device, non_blocking=True)
+        xb = augment(normalise(x_raw, idx), idx, plan, augment_mode).to(device, non_blocking=True)
         yb = y[idx].to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(xb)
