@@ -101,7 +101,15 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, force=False, re
         if rank != 0 and st["kind"] in ("dtp", "finetune"):
             shutil.rmtree(stage_dir, ignore_errors=True)
             return {"rank": rank, "validation": {"passed": True}, "out": str(out)}  # the other ranks only train
-        records.append(measure(ctx, st["kind"], params, time.perf_counter() - t0, details))
+        secs = time.perf_counter() - t0
+        if stage.changes_model:
+            records.append(measure(ctx, st["kind"], params, secs, details))
+        else:  # exports and validation leave the model as it was: no need to run the probe again
+            rec = {k: v for k, v in records[-1].items() if k != "details"}
+            rec.update(kind=st["kind"], config=params, seconds=round(secs, 3))
+            if details:
+                rec["details"] = details
+            records.append(rec)
 
     save_compressed(stage_dir / "compressed.safetensors", ctx.model, ctx.meta)
     ctx.files["compressed"] = "compressed.safetensors"
