@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from .errors import OTCError
-from .validation import DEFAULT_TOL, validate
+from .validation import DEFAULT_TOL, inputs, validate
 
 
 def _targets(target: Path) -> tuple[list[Path], Path | None]:
@@ -36,20 +35,6 @@ def _runner(path: Path):
     return TrtRunner(path)
 
 
-def _inputs(meta: dict, data: Path | None, samples: int, seed: int, input_shape):
-    from .data import load_dataset
-
-    src = data or (Path(meta["eval"]) if meta.get("eval") and Path(meta["eval"]).exists() else None)
-    if src is not None:
-        ds = load_dataset(src, samples)
-        x = ds.batch(slice(None), meta.get("mean"), meta.get("std")).numpy().astype(np.float32)
-        if list(x.shape[1:]) != list(input_shape[1:]):
-            raise OTCError(f"{src}: samples have shape {list(x.shape[1:])}; the model expects {list(input_shape[1:])}")
-        return x, (ds.y.numpy() if ds.y is not None else None), f"{src} (first {len(x)})"
-    x = np.random.default_rng(seed).standard_normal((samples, *input_shape[1:])).astype(np.float32)
-    return x, None, f"seeded standard normal (seed {seed})"
-
-
 def validate_target(target: Path, *, reference=None, original=None, data=None, samples=64, seed=0, atol=None, rtol=None,
                     min_agreement=None, max_accuracy_drop=None) -> dict:
     from otcompress.exporters.runners import TorchRunner
@@ -69,7 +54,8 @@ def validate_target(target: Path, *, reference=None, original=None, data=None, s
         fixed = [d for d in b.input_shape[1:]]
         if all(isinstance(d, int) for d in fixed) and fixed != list(shape[1:]):
             raise OTCError(f"{b.path}: input shape {b.input_shape} does not match the reference model's {shape}")
-    x, y, source = _inputs(meta, data, samples, seed, shape)
+    data = data or (Path(meta["eval"]) if meta.get("eval") and Path(meta["eval"]).exists() else None)
+    x, y, source = inputs(data, meta.get("mean"), meta.get("std"), samples, seed, shape)
     orig_runner = None
     ckpt = original or (meta.get("original") or {}).get("checkpoint")
     if ckpt and Path(ckpt).exists():

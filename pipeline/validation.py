@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import OTCError
+
 DEFAULT_TOL = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2)}
 
 
@@ -37,10 +39,27 @@ def compare(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> dict:
     return res
 
 
+def inputs(data, mean, std, samples: int, seed: int, input_shape) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The first `samples` of an eval set (normalised), or seeded standard-normal inputs when there is none."""
+    if data is not None:
+        from .data import load_dataset
+
+        ds = load_dataset(data, samples)
+        x = ds.batch(slice(None), mean, std).numpy().astype(np.float32)
+        if list(x.shape[1:]) != list(input_shape[1:]):
+            raise OTCError(f"{data}: samples have shape {list(x.shape[1:])}; the model expects {list(input_shape[1:])}")
+        return x, (ds.y.numpy() if ds.y is not None else None), f"{data} (first {len(x)})"
+    x = np.random.default_rng(seed).standard_normal((samples, *input_shape[1:])).astype(np.float32)
+    return x, None, f"seeded standard normal (seed {seed})"
+
+
 def fidelity(orig: np.ndarray, new: np.ndarray, labels: np.ndarray | None) -> dict:
-    res = {"top1_agreement": float((orig.argmax(-1) == new.argmax(-1)).mean()),
-           "mean_logit_l2": float(np.linalg.norm(new - orig, axis=-1).mean()),
-           "samples": int(len(orig))}
+    import torch
+
+    from .metrics import fidelity as logit_fidelity
+
+    f = logit_fidelity(torch.from_numpy(orig), torch.from_numpy(new))
+    res = {"top1_agreement": f["top1_agreement"], "mean_logit_l2": f["mean_logit_l2"], "samples": int(len(orig))}
     if labels is not None:
         res["accuracy_original"] = float((orig.argmax(-1) == labels).mean())
         res["accuracy_compressed"] = float((new.argmax(-1) == labels).mean())

@@ -1,9 +1,7 @@
 """Stage `validate`: exported files against the compressed model, the compressed model against the original."""
 
-import numpy as np
-
 from ..schema import Field
-from ..validation import DEFAULT_TOL, summary, validate
+from ..validation import DEFAULT_TOL, inputs, summary, validate
 from .base import Stage
 
 
@@ -28,7 +26,9 @@ class Validate(Stage):
     def apply(self, ctx, params):
         from otcompress.exporters.runners import OrtRunner, TorchRunner
 
-        x, y, source = validation_inputs(ctx, params["samples"], params["seed"])
+        d = ctx.recipe.data or {}
+        samples = min(params["samples"], d.get("limit") or params["samples"])  # [data].limit caps evaluation
+        x, y, source = inputs(d.get("eval"), d.get("mean"), d.get("std"), samples, params["seed"], ctx.input_shape)
         prec = ctx.meta.get("tensorrt_precision", "fp32")
         atol = params["atol"] if params["atol"] is not None else DEFAULT_TOL[prec][0]
         rtol = params["rtol"] if params["rtol"] is not None else DEFAULT_TOL[prec][1]
@@ -52,14 +52,3 @@ class Validate(Stage):
                                 "seed": params["seed"]}
         print(summary(res))
         return {"passed": res["passed"], "checks": len(res["checks"])}
-
-
-def validation_inputs(ctx, samples: int, seed: int):
-    ds = ctx.dataset("eval")
-    if ds is not None:
-        n = min(samples, len(ds))
-        x = ctx.normalise(ds, slice(0, n)).numpy().astype(np.float32)
-        return x, (ds.y[:n].numpy() if ds.y is not None else None), f"eval data {ctx.recipe.data['eval']} (first {n})"
-    g = np.random.default_rng(seed)
-    x = g.standard_normal((samples, *ctx.input_shape[1:])).astype(np.float32)
-    return x, None, f"seeded standard normal (seed {seed})"
