@@ -88,7 +88,6 @@ class GroupGraph:
         ignored = [head] if head is not None else []
         ignored += [m for n, m in model.named_modules()
                     if isinstance(m, (CONV, nn.Linear)) and any(fnmatch.fnmatch(n, p) for p in exclude)]
-        self.ignored = ignored
         roots = []
         for g in self.dg.get_all_groups(ignored_layers=ignored, root_module_types=(CONV, nn.Linear)):
             root = g[0].dep.target.module

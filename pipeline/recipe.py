@@ -62,10 +62,6 @@ class Recipe:
     sha256: str
     raw: dict
 
-    @property
-    def where(self) -> str:
-        return str(self.path)
-
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:

@@ -161,30 +161,21 @@ def run_dtp(ctx, p: dict) -> dict:
     theta = nn.Parameter(torch.logit(torch.tensor([keeps[i] for i in sel], dtype=torch.float64)).float()) if budget else None
     history = []
 
-    def current_keeps():
-        return torch.sigmoid(theta.double()) if budget else None
-
-    def expected_flops():
-        full = [torch.tensor(1.0, dtype=torch.float64)] * len(groups)
+    def flops_ratio(sel_keeps):
+        """FLOPs fraction with these keep ratios on the masked groups (the others stay whole)."""
+        full = [1.0] * len(groups)
         for j, i in enumerate(sel):
-            full[i] = masks.current[j, : groups[i].n].double().mean()
+            full[i] = sel_keeps[j]
         return flops_model.ratio(full)
 
+    def expected_flops():
+        return flops_ratio([masks.current[j, : groups[i].n].double().mean() for j, i in enumerate(sel)])
+
     def penalty():
-        ks = current_keeps()
-        full = [torch.tensor(1.0, dtype=torch.float64)] * len(groups)
-        for j, i in enumerate(sel):
-            full[i] = ks[j]
-        return (p["budget_weight"] * (flops_model.ratio(full) - p["flops"]) ** 2).float()
+        return (p["budget_weight"] * (flops_ratio(torch.sigmoid(theta.double())) - p["flops"]) ** 2).float()
 
     def status():
         return {"hard": f"{masks.hardness():.3f}", "flops": f"{float(expected_flops()):.3f}"}
-
-    def make_opt(params_w, extra):  # scores and budget logits get no weight decay
-        groups_ = [{"params": params_w, "weight_decay": p["weight_decay"]}]
-        if extra:
-            groups_.append({"params": extra, "weight_decay": 0.0})
-        return torch.optim.SGD(groups_, lr=p["lr"], momentum=p["momentum"])
 
     wrap = make_wrap(distributed, device)
     steps = len(data[0]) // p["batch_size"]
@@ -204,7 +195,9 @@ def run_dtp(ctx, p: dict) -> dict:
         net = wrap(masked)
         score_params = [masks.scores] + ([theta] if budget else [])
         weights = list(model.parameters())
-        opt = make_opt(weights, score_params)
+        opt = torch.optim.SGD([{"params": weights, "weight_decay": p["weight_decay"]},
+                               {"params": score_params, "weight_decay": 0.0}],  # no decay on scores/budget logits
+                              lr=p["lr"], momentum=p["momentum"])
         sched = cosine(opt, p["mask_epochs"] * steps)
         start = 0
         if state is not None:
