@@ -65,4 +65,4 @@ mask_ms = timed(masked, list(masked.parameters()))
 res = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "batch": args.batch, "groups": len(groups),
        "step_ms_without_masks": base_ms, "step_ms_with_masks": mask_ms, "overhead": mask_ms / base_ms - 1}
 print(res)
-save("dtp_overhead.json", res)
+save(f"dtp_overhead_b{args.batch}.json", res)
