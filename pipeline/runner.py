@@ -98,7 +98,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, force=False, re
             details = stage.apply(ctx, params)
         except OTCError as e:
             raise OTCError(f"{recipe.path}: stages[{i}] ({st['kind']}): {e}") from None
-        if rank != 0 and st["kind"] in ("dtp", "finetune"):
+        if rank != 0 and stage.trains:
             shutil.rmtree(stage_dir, ignore_errors=True)
             return {"rank": rank, "validation": {"passed": True}, "out": str(out)}  # the other ranks only train
         secs = time.perf_counter() - t0

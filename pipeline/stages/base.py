@@ -10,6 +10,7 @@ class Stage:
     kind: str = ""
     fields: dict[str, Field] = {}
     changes_model: bool = True
+    trains: bool = False  # under torchrun, ranks other than 0 stop after a training stage
 
     def needs(self, params: dict, model: dict, data: dict | None) -> list[str]:
         return []

@@ -14,6 +14,7 @@ from .channels import COMMON
 
 class DTP(Stage):
     kind = "dtp"
+    trains = True
     fields = {
         **{k: v for k, v in COMMON.items() if k != "sparsity"},
         "sparsity": Field((float, list, dict), check=check_sparsity,

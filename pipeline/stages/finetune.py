@@ -10,6 +10,7 @@ TRAIN_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "device", "seed", 
 
 class Finetune(Stage):
     kind = "finetune"
+    trains = True
     fields = {"epochs": Field((int,), default=10, lo=1), **{k: DTP.fields[k] for k in TRAIN_KEYS}}
 
     def needs(self, params, model, data):
