@@ -1,7 +1,8 @@
 """Per-step cost of the transport masks: one SGD step of CIFAR ResNet-56 (batch 128, bf16 autocast on GPU)
-with all 27 block-internal groups masked (one batched proximal Sinkhorn step per training step) vs without.
+with all 27 block-internal groups masked (one batched proximal Sinkhorn step per training step) vs without,
+in eager mode and (--compile) with torch.compile on both sides, as the dtp stage's `compile = true` runs.
 
-    python bench/dtp_overhead.py [--steps 100]
+    python bench/dtp_overhead.py [--steps 100] [--batch 128] [--compile]
 """
 
 import argparse
@@ -21,12 +22,14 @@ from otcompress.zoo import build_model
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=100)
 ap.add_argument("--batch", type=int, default=128)
+ap.add_argument("--compile", action="store_true")
 args = ap.parse_args()
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 torch.backends.cudnn.benchmark = True
 
 
 def timed(model, params):
+    model = torch.compile(model) if args.compile else model
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
@@ -39,7 +42,7 @@ def timed(model, params):
         loss.backward()
         opt.step()
 
-    for _ in range(10):
+    for _ in range(30 if args.compile else 10):  # compilation (and its recompile once masks are warm)
         step()
     if dev == "cuda":
         torch.cuda.synchronize()
@@ -57,12 +60,11 @@ net = build_model("cifar_resnet56").train()
 groups = GroupGraph(net.eval(), torch.zeros(1, 3, 32, 32)).groups()
 masks = TransportMasks([g.n for g in groups], [0.5] * len(groups), [group_importance(g, "l1") for g in groups])
 masked = MaskedNet(net.train(), masks, None)
-for j, g in enumerate(groups):
-    for pt in mask_points(net, g):
-        pt.register_forward_hook(lambda m, i, o, j=j, n=g.n: o * masked.live[j, :n].view(1, -1, 1, 1).to(o))
+masked.attach([mask_points(net, g) for g in groups])
 masked.to(dev).train()
 mask_ms = timed(masked, list(masked.parameters()))
 res = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "batch": args.batch, "groups": len(groups),
+       "compiled": args.compile, "torch": torch.__version__,
        "step_ms_without_masks": base_ms, "step_ms_with_masks": mask_ms, "overhead": mask_ms / base_ms - 1}
 print(res)
-save(f"dtp_overhead_b{args.batch}.json", res)
+save(f"dtp_overhead_b{args.batch}{'_compiled' if args.compile else ''}.json", res)

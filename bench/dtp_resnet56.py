@@ -20,6 +20,7 @@ ap.add_argument("--sparsities", default="0.5,0.7")
 ap.add_argument("--batch-size", type=int, default=128)
 ap.add_argument("--lr", type=float, default=0.05)
 ap.add_argument("--no-unpruned", action="store_true", help="skip the unpruned baseline (run it once, separately)")
+ap.add_argument("--compile", action="store_true", help="compile = true on every training stage")
 ap.add_argument("--out", default="dtp_resnet56.json")
 args = ap.parse_args()
 D = Path(args.data)
@@ -36,7 +37,7 @@ train = "{D / 'cifar10/train-imagefolder.tar.gz'}"
 mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
 """
-TRAIN = f'batch_size = {args.batch_size}\nlr = {args.lr}\n'
+TRAIN = f'batch_size = {args.batch_size}\nlr = {args.lr}\n' + ("compile = true\n" if args.compile else "")
 
 
 def recipe(name, stages):

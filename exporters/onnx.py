@@ -63,10 +63,22 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
             "nodes": len(proto.graph.node), "ops": ops, "external_data": external}
 
 
+LARGE_GRAPH = 5000  # nodes; onnxscript's pattern rewriter is quadratic in graph size
+
+
 def _optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxscript's optimizer; on very large graphs (OTPrune unrolls a greedy loop in every block) only its
+    constant folding and dead-node removal, which are linear: the rewrite rules would take minutes."""
     import onnxscript.optimizer
 
-    return onnxscript.optimizer.optimize(proto)
+    if len(proto.graph.node) <= LARGE_GRAPH:
+        return onnxscript.optimizer.optimize(proto)
+    from onnxscript import ir
+
+    model = ir.serde.deserialize_model(proto)
+    onnxscript.optimizer.fold_constants(model)
+    onnxscript.optimizer.remove_unused_nodes(model)
+    return ir.serde.serialize_model(model)
 
 
 def io_specs(values) -> list[dict]:

@@ -83,16 +83,18 @@ def test_pitome_energy_matches_the_paper_formula():
     assert torch.allclose(e[0], want, atol=1e-6)
 
 
-def test_otprune_greedy_equals_brute_force_logdet_greedy():
+@pytest.mark.parametrize("k", [5, 9])  # 9 > d = 5: past the feature dimension the kernel's identity part decides
+def test_otprune_greedy_equals_brute_force_logdet_greedy(k):
     torch.manual_seed(0)
     v = torch.randn(2, 12, 5, dtype=torch.float64)
-    got = M.logdet_select(v, 5, gamma=0.5)
+    got = M.logdet_select(v, k, gamma=0.5)
+    assert torch.equal(got, M.logdet_select(v.float(), k, gamma=0.5))  # float32 takes the same choices here
     for b in range(2):
         vn = torch.nn.functional.normalize(v[b], dim=0)
         s = vn @ vn.T
         K = torch.eye(12, dtype=torch.float64) + 0.5 * s @ s.T
         chosen = []
-        for _ in range(5):
+        for _ in range(k):
             best = max((j for j in range(12) if j not in chosen),
                        key=lambda j: torch.logdet(K[[*chosen, j]][:, [*chosen, j]]).item())
             chosen.append(best)

@@ -90,13 +90,15 @@ def finetune(model, ctx, p, epochs, data, evalset, device, ckpt, state, history,
     return history
 
 
-def make_wrap(distributed: bool, device: str):
+def make_wrap(distributed: bool, device: str, compile: bool = False):
+    """DDP across processes; torch.compile on request (kernel fusion takes the mask multiplies and the
+    Sinkhorn step into the network's own kernels; the first steps pay the compilation)."""
     def wrap(m):
-        if not distributed:
-            return m
-        if device == "cuda":
-            m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
-        return nn.parallel.DistributedDataParallel(m, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
+        if distributed:
+            if device == "cuda":  # (mask hooks live on the BN modules: DTP keeps per-process BN on CUDA)
+                m = m if isinstance(m, MaskedNet) else nn.SyncBatchNorm.convert_sync_batchnorm(m)
+            m = nn.parallel.DistributedDataParallel(m, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
+        return torch.compile(m) if compile else m
 
     return wrap
 
@@ -113,21 +115,32 @@ def training_data(ctx):
 
 class MaskedNet(nn.Module):
     """The net plus its masks (and budget logits): one module, so DDP and checkpoints see everything.
-    Each training forward takes one proximal step per mask; hooks on the mask points read `live`."""
+    Each training forward takes one proximal step per mask; the hooks of `attach` read `live[j]`."""
 
     def __init__(self, net: nn.Module, masks: TransportMasks, theta: nn.Parameter | None):
         super().__init__()
         self.net, self.masks = net, masks
         self.theta = nn.ParameterList([theta]) if theta is not None else None
-        self.live: torch.Tensor | None = None
+        self.live: tuple[torch.Tensor, ...] = ()
 
-    def compute(self):
+    def compute(self, dtype: torch.dtype = torch.float32):
         ks = torch.sigmoid(self.theta[0].double()) if self.theta is not None else None
-        self.live = self.masks(keep=ks, update=self.training)
+        self.live = self.masks.per_group(self.masks(keep=ks, update=self.training), dtype)
 
     def forward(self, x):
-        self.compute()
+        amp = x.is_cuda and torch.is_autocast_enabled("cuda")
+        self.compute(torch.get_autocast_dtype("cuda") if amp else x.dtype)  # one cast for all groups
         return self.net(x)
+
+    def attach(self, points: list[list[nn.Module]]) -> list:
+        """Multiply group j's channels by live[j] at each of its mask points; returns the hook handles."""
+        def hook(j):
+            def scale(mod, inp, out):
+                m = self.live[j]
+                return out * (m if m.dtype == out.dtype else m.to(out.dtype)).view(1, -1, *([1] * (out.dim() - 2)))
+            return scale
+
+        return [pt.register_forward_hook(hook(j)) for j, pts in enumerate(points) for pt in pts]
 
 
 def run_dtp(ctx, p: dict) -> dict:
@@ -177,7 +190,7 @@ def run_dtp(ctx, p: dict) -> dict:
     def status():
         return {"hard": f"{masks.hardness():.3f}", "flops": f"{float(expected_flops()):.3f}"}
 
-    wrap = make_wrap(distributed, device)
+    wrap = make_wrap(distributed, device, p["compile"])
     steps = len(data[0]) // p["batch_size"]
     amp = device == "cuda"
     phase_done = state is not None and state["phase"] == "finetune"
@@ -185,12 +198,7 @@ def run_dtp(ctx, p: dict) -> dict:
     # ---- phase 1: mask learning -------------------------------------------------------------
     if not phase_done and p["mask_epochs"] > 0:
         masked = MaskedNet(model, masks, theta)
-        hooks = []
-        for j, i in enumerate(sel):
-            for pt in mask_points(model, groups[i]):
-                hooks.append(pt.register_forward_hook(
-                    lambda mod, inp, out, j=j, n=groups[i].n:
-                    out * masked.live[j, :n].view(1, -1, *([1] * (out.dim() - 2))).to(out)))
+        hooks = masked.attach([mask_points(model, groups[i]) for i in sel])
         masked.to(device)
         net = wrap(masked)
         score_params = [masks.scores] + ([theta] if budget else [])

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import os
 
+import time
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -88,8 +90,9 @@ def train_epoch(model, opt, sched, data, *, epoch, seed, batch_size, device, amp
     steps = len(x_raw) // batch_size
     bar = tqdm(batches(len(x_raw), batch_size, seed, epoch), total=steps, desc=f"{desc} {epoch + 1}",
                disable=not progress or rank != 0, leave=False, mininterval=2.0)
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     plan = augment_plan(len(x_raw), x_raw.shape[-2], seed, epoch)
+    shown = time.monotonic()
     for idx in bar:
         xb = augment(normalise(x_raw, idx), idx, plan, augment_mode).to(device, non_blocking=True)
         yb = y[idx].to(device)
@@ -103,8 +106,9 @@ def train_epoch(model, opt, sched, data, *, epoch, seed, batch_size, device, amp
         loss.backward()
         opt.step()
         sched.step()
-        total += loss.item()
+        total += loss.detach()  # no host synchronisation per step: the CPU keeps queueing kernels ahead
         count += 1
-        if status is not None:
-            bar.set_postfix(loss=f"{loss.item():.3f}", **status())
-    return total / max(1, count)
+        if not bar.disable and time.monotonic() - shown > 2.0:  # status costs a sync: only when the bar redraws
+            shown = time.monotonic()
+            bar.set_postfix(loss=f"{loss.item():.3f}", **(status() if status is not None else {}))
+    return float(total) / max(1, count)

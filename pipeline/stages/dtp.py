@@ -32,6 +32,9 @@ class DTP(Stage):
         "device": Field((str,), default="auto", choices=("auto", "cpu", "cuda")),
         "seed": Field((int,), default=0),
         "augment": Field((str,), default="crop_flip", choices=("crop_flip", "crop", "none")),
+        "compile": Field((bool,), default=False,
+                         help="true or false: torch.compile the training step (worth it on CUDA: the mask "
+                              "multiplies and the Sinkhorn step fuse into the network's kernels)"),
     }
 
     def needs(self, params, model, data):

@@ -5,7 +5,7 @@ from ..schema import Field
 from .base import Stage
 from .dtp import DTP
 
-TRAIN_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "device", "seed", "augment")
+TRAIN_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "device", "seed", "augment", "compile")
 
 
 class Finetune(Stage):
@@ -31,7 +31,7 @@ class Finetune(Stage):
         if state is not None and state.get("phase") != "finetune":
             state = None
         history = finetune(ctx.model, ctx, params, params["epochs"], data, evalset, device, ckpt, state,
-                           state["history"] if state else [], {}, make_wrap(distributed, device))
+                           state["history"] if state else [], {}, make_wrap(distributed, device, params["compile"]))
         ctx.model.cpu().eval()
         if distributed:
             torch.distributed.barrier()

@@ -1,8 +1,7 @@
 """Token reduction plans. Each method looks at the patch tokens' metric (attention keys averaged over
 heads) and returns `dest` (B, N): the output slot of every token, or -1 where a token is dropped.
-`merge_into` then sums the tokens of each slot with one one-hot matmul; the caller weights by token
-size first and divides after, so a slot holds the size-weighted average. The number of slots is fixed
-by r or k alone, never by the data, so every shape is static.
+`merge_weighted` then forms every slot's size-weighted average with one matmul. The number of slots is
+fixed by r or k alone, never by the data, so every shape is static.
 
 Only export- and TensorRT-friendly ops: comparisons, sums, cumsum, argmax, gather on index tensors and
 matmul. No sort/TopK (ranks come from pairwise comparisons), no scatter (scatter_reduce(mean) exports
@@ -24,10 +23,12 @@ def ranks_desc(v: torch.Tensor) -> torch.Tensor:
     return (vj > vi).sum(-1) + ((vj == vi) & earlier).sum(-1)
 
 
-def merge_into(x: torch.Tensor, dest: torch.Tensor, slots: int) -> torch.Tensor:
-    """out[b, s] = sum of x[b, i] over tokens with dest[b, i] == s (a dropped token, dest -1, adds nothing)."""
-    onehot = (dest.unsqueeze(-1) == torch.arange(slots, device=dest.device)).to(x.dtype)  # (B, N, S)
-    return onehot.transpose(1, 2) @ x
+def merge_weighted(x: torch.Tensor, size: torch.Tensor, dest: torch.Tensor, slots: int):
+    """Slot s holds the size-weighted average of the tokens with dest == s (dest -1: dropped) and the sum of
+    their sizes. One (B, S, N) weight matrix and one matmul: on a GPU the merge is a handful of kernels."""
+    w = (dest.unsqueeze(-1) == torch.arange(slots, device=dest.device)).to(size.dtype) * size  # (B, N, S)
+    total = w.sum(1)  # (B, S): every slot receives at least one token
+    return (w / total.unsqueeze(1)).transpose(1, 2).to(x.dtype) @ x, total.unsqueeze(-1)
 
 
 def _cosine(metric):
@@ -76,27 +77,30 @@ def pitome(metric: torch.Tensor, r: int, margin: float = 0.9, alpha: float = 1.0
 
 
 def logdet_select(v: torch.Tensor, k: int, gamma: float = 0.01) -> torch.Tensor:
-    """Boolean mask of the chosen tokens. Greedy log-det (DPP MAP) selection of k tokens with incremental
-    Cholesky updates (OTPrune, supp. B): K = I + gamma * S S^T, S = V V^T. Vectorised over the batch; the
-    loop over k has a fixed length (unrolled in the exported graph)."""
+    """Boolean mask of the chosen tokens: greedy log-det (DPP MAP) selection of k tokens (OTPrune, supp. B),
+    K = I + gamma * S S^T with S = V V^T. The incremental Cholesky update of the greedy scores
+    d_i^2 -= e_i^2 is kept, but e is computed in the d-dimensional feature space instead of from the t
+    Cholesky rows: with A = gamma V^T V - sum_t u_t u_t^T / d_t^2 (d x d), the new Cholesky column is
+    e = V A v_j / d_j (Woodbury), so every step costs O(N d) with a fixed-size state and no growing
+    concatenation. Same choices as the reference; vectorised over the batch; the k-step loop unrolls at
+    export. Runs in float32 even under autocast: the greedy scores are differences of near-equal terms."""
+    if v.is_cuda and torch.is_autocast_enabled("cuda"):
+        with torch.autocast("cuda", enabled=False):
+            return logdet_select(v.float(), k, gamma)
     B, N, _ = v.shape
-    v = F.normalize(v, dim=1)  # columns normalised across tokens
-    s = v @ v.transpose(1, 2)
-    g = gamma * (s @ s.transpose(1, 2))  # K - I
-    d2 = 1.0 + torch.diagonal(g, dim1=1, dim2=2)
-    rows = v.new_zeros(B, 0, N)  # Cholesky rows c_t for every token
+    v = F.normalize(v if v.dtype == torch.float64 else v.float(), dim=1)  # columns normalised across tokens
+    a = gamma * (v.transpose(1, 2) @ v)  # (B, d, d)
+    d2 = 1.0 + ((v @ a) * v).sum(-1)  # diag(K)
     taken = torch.zeros(B, N, dtype=torch.bool, device=v.device)
-    for t in range(k):
+    idx = torch.arange(N, device=v.device)
+    for _ in range(k):
         j = d2.masked_fill(taken, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
-        dj = d2.gather(1, j).clamp_min(1e-12).sqrt()
-        kj = g.gather(1, j.unsqueeze(-1).expand(-1, 1, N)).squeeze(1)  # gamma <w_j, w_i>
-        if t:  # <c_j, c_i> over the t Cholesky rows so far
-            cj = rows.gather(2, j.unsqueeze(1).expand(-1, t, 1))  # (B, t, 1)
-            kj = kj - (cj * rows).sum(1)
-        e = kj / dj
-        rows = torch.cat([rows, e.unsqueeze(1)], dim=1)
-        d2 = d2 - e * e
-        taken = taken | (torch.arange(N, device=v.device) == j)
+        vj = v.gather(1, j.unsqueeze(-1).expand(-1, 1, v.shape[-1]))  # (B, 1, d)
+        u = vj @ a  # (B, 1, d): (A v_j)^T
+        dj = d2.gather(1, j).clamp_min(1e-12)  # (B, 1)
+        d2 = d2 - (v @ u.transpose(1, 2)).squeeze(-1) ** 2 / dj
+        a = a - u.transpose(1, 2) @ u / dj.unsqueeze(-1)
+        taken = taken | (idx == j)
     return taken
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import OTCError
 from . import merge as M
@@ -63,12 +64,10 @@ def attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
     q, k, v = attn.qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
     q = attn.q_norm(q) if hasattr(attn, "q_norm") else q
     k = attn.k_norm(k) if hasattr(attn, "k_norm") else k
-    logits = (q * attn.scale) @ k.transpose(-2, -1)
-    if size is not None:
-        logits = logits + size.log()[:, None, None, :, 0]
-    a = logits.softmax(dim=-1)
-    a = attn.attn_drop(a) if hasattr(attn, "attn_drop") else a
-    out = (a @ v).transpose(1, 2).reshape(B, N, H * hd)
+    bias = None if size is None else size.log()[:, None, None, :, 0].to(q.dtype)  # (B, 1, 1, N)
+    drop = attn.attn_drop.p if attn.training and isinstance(getattr(attn, "attn_drop", None), nn.Dropout) else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=attn.scale)
+    out = out.transpose(1, 2).reshape(B, N, H * hd)
     norm = getattr(attn, "norm", None)
     out = norm(out) if isinstance(norm, nn.Module) else out
     out = attn.proj(out)
@@ -90,10 +89,9 @@ def reduce_tokens(x, metric, size, prefix: int, r: int, cfg: dict, layer: int, d
         dest = M.pitome(mt, r, margin=m0 - m0 * layer / depth, alpha=cfg.get("alpha", 1.0))
     else:
         dest = M.otprune(mt, n - r, gamma=cfg.get("gamma", 0.01), mode=cfg.get("mode", "drop"))
-    st = size[:, prefix:]
-    xt = M.merge_into(x[:, prefix:] * st, dest, n - r)
-    st = M.merge_into(st, dest, n - r)
-    return torch.cat([x[:, :prefix], xt / st], dim=1), torch.cat([size[:, :prefix], st], dim=1)
+    own = torch.arange(prefix, device=x.device).expand(x.shape[0], -1)  # prefix tokens keep their own slots
+    dest = torch.cat([own, torch.where(dest >= 0, dest + prefix, dest)], dim=1)
+    return M.merge_weighted(x, size, dest, prefix + n - r)
 
 
 class _ReducingBlock:

@@ -4,6 +4,7 @@ stage patches it exactly as it patches a real timm model."""
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 CONFIGS = {
     "deit_tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=1000),
@@ -35,8 +36,8 @@ class Attention(nn.Module):
     def forward(self, x):
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # fused kernels, as timm's fused_attn
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
 class Mlp(nn.Module):
