@@ -67,4 +67,4 @@ res = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "bat
        "compiled": args.compile, "torch": torch.__version__,
        "step_ms_without_masks": base_ms, "step_ms_with_masks": mask_ms, "overhead": mask_ms / base_ms - 1}
 print(res)
-save(f"dtp_overhead_b{args.batch}{'_compiled' if args.compile else ''}.json", res)
+save(f"dtp_overhead_b{args.batch}{'' if dev == 'cuda' else '_cpu'}{'_compiled' if args.compile else ''}.json", res)

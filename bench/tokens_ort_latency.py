@@ -2,7 +2,7 @@
 against the original, batch 1 and 32, next to the FLOP reduction. One dynamic-batch export per model;
 the export time is recorded too (OTPrune unrolls its k-step greedy loop in every block).
 
-    .venv/bin/python bench/tokens_ort_latency.py [--runs 20]
+    .venv/bin/python bench/tokens_ort_latency.py [--runs 20] [--otprune]
 """
 
 import argparse
@@ -26,6 +26,7 @@ from otcompress.zoo import build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=20)
+ap.add_argument("--otprune", action="store_true", help="also OTPrune (its export alone takes ~10 min)")
 args = ap.parse_args()
 base = build_model("vit", dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3, num_classes=10))
 load_weights(base, read_state_dict(need("models/vit_tiny_p2.safetensors")), "vit_tiny_p2")
@@ -34,8 +35,8 @@ f0 = count_flops(base, (1, *shape))
 res = {"model": "vit_tiny_p2", "threads": torch.get_num_threads(), "rows": []}
 lat0 = {}
 with tempfile.TemporaryDirectory() as td:
-    for tag, cfg in (("original", None), ("tome", {"keep": 0.9}), ("tome", {"r": 16}), ("pitome", {"keep": 0.9}),
-                     ("otprune", {"keep": 0.9})):
+    for tag, cfg in [("original", None), ("tome", {"keep": 0.9}), ("tome", {"r": 16}), ("pitome", {"keep": 0.9})] + \
+            ([("otprune", {"keep": 0.9})] if args.otprune else []):
         m = copy.deepcopy(base).eval()
         if cfg:
             apply_token_reduction(m, {"method": tag, **cfg})

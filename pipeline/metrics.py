@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -16,7 +17,8 @@ def count_flops(model: nn.Module, input_shape) -> int:
     """FLOPs of one sample (torch's own counter: 2 per multiply-add in conv/matmul)."""
     x = torch.zeros((1, *input_shape[1:]))
     dev = next(model.parameters()).device
-    with FlopCounterMode(display=False) as fc:
+    # the math SDPA backend: the fused CPU kernels have no FLOP formula and would count attention as free
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
         model(x.to(dev))
     return int(fc.get_total_flops())
 

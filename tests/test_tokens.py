@@ -194,3 +194,16 @@ def test_timm_models_are_patched_like_tome():
     assert torch.allclose(model(x).detach(), ref, atol=1e-5)
     plan = apply_token_reduction(model, {"method": "tome", "r": 13})
     assert model(x).shape == (2, 10) and plan["tokens_after_block"][-1] == 197 - 13 * 12
+
+
+def test_flop_count_includes_fused_attention():
+    """The built-in ViT runs attention through SDPA; its FLOPs must still count the two attention matmuls
+    (the fused CPU kernel has no FLOP formula), or every token speedup/FLOP ratio would be off."""
+    from otcompress.metrics import count_flops
+
+    cfg = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=3, num_classes=5)
+    m = build_model("vit", cfg)
+    P, C, N = 16, 24, 17
+    block = 2 * N * C * 3 * C + 2 * 2 * N * N * C + 2 * N * C * C + 2 * 2 * N * C * 4 * C
+    want = 2 * P * C * 3 * 4 * 4 + 2 * block + 2 * C * 5
+    assert count_flops(m, (1, 3, 16, 16)) == want
