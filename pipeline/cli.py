@@ -96,6 +96,8 @@ def inspect(target, scope):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--atol", type=click.FloatRange(0), help="Absolute tolerance (default 1e-4 fp32, 1e-2 fp16).")
 @click.option("--rtol", type=click.FloatRange(0), help="Relative tolerance (default 1e-3 fp32, 1e-2 fp16).")
+@click.option("--error-stat", type=click.Choice(["elemwise", "max", "mean", "median"]),
+              help="As Polygraphy's --check-error-stat (default: the recorded one, else elemwise).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), help="Minimum top-1 agreement with the original.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1))
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the full result as JSON.")

@@ -36,7 +36,7 @@ def _runner(path: Path):
 
 
 def validate_target(target: Path, *, reference=None, original=None, data=None, samples=64, seed=0, atol=None, rtol=None,
-                    min_agreement=None, max_accuracy_drop=None) -> dict:
+                    error_stat=None, min_agreement=None, max_accuracy_drop=None) -> dict:
     from otcompress.exporters.runners import TorchRunner
 
     from .checkpoint import load_weights, read_state_dict
@@ -69,6 +69,7 @@ def validate_target(target: Path, *, reference=None, original=None, data=None, s
     res = validate(TorchRunner(model, "pytorch:compressed", input_shape=shape), backends, x, original=orig_runner, labels=y,
                    atol=atol if atol is not None else recorded.get("atol", DEFAULT_TOL[prec][0]),
                    rtol=rtol if rtol is not None else recorded.get("rtol", DEFAULT_TOL[prec][1]),
+                   error_stat=error_stat or recorded.get("error_stat", "elemwise"),
                    min_top1_agreement=min_agreement if min_agreement is not None else recorded.get("min_top1_agreement", 0.9),
                    max_accuracy_drop=max_accuracy_drop if max_accuracy_drop is not None else recorded.get("max_accuracy_drop"),
                    input_source=source)

@@ -1,7 +1,7 @@
 """Stage `validate`: exported files against the compressed model, the compressed model against the original."""
 
 from ..schema import Field
-from ..validation import DEFAULT_TOL, inputs, summary, validate
+from ..validation import DEFAULT_TOL, ERROR_STATS, inputs, summary, validate
 from .base import Stage
 
 
@@ -16,6 +16,8 @@ class Validate(Stage):
     fields = {
         "atol": Field((float,), lo=0.0, help="a non-negative number (default 1e-4 fp32, 1e-2 fp16)"),
         "rtol": Field((float,), lo=0.0, help="a non-negative number (default 1e-3 fp32, 1e-2 fp16)"),
+        "error_stat": Field((str,), default="elemwise", choices=ERROR_STATS,
+                            help="Polygraphy's check_error_stat: elemwise, max, mean or median (median for ToMe/PiToMe)"),
         "samples": Field((int,), default=64, lo=1, help="a positive integer"),
         "seed": Field((int,), default=0),
         "min_top1_agreement": Field((float,), default=0.9, lo=0.0, hi=1.0),
@@ -43,11 +45,11 @@ class Validate(Stage):
         shape = ctx.input_shape
         res = validate(TorchRunner(ctx.model, "pytorch:compressed", input_shape=shape), backends, x,
                        original=TorchRunner(ctx.original, "pytorch:original", input_shape=shape), labels=y,
-                       atol=atol, rtol=rtol, min_top1_agreement=params["min_top1_agreement"],
+                       atol=atol, rtol=rtol, error_stat=params["error_stat"], min_top1_agreement=params["min_top1_agreement"],
                        max_accuracy_drop=params["max_accuracy_drop"], input_source=source)
         res["seed"] = params["seed"]
         ctx.validation = res
-        ctx.meta["validate"] = {"atol": atol, "rtol": rtol, "min_top1_agreement": params["min_top1_agreement"],
+        ctx.meta["validate"] = {"atol": atol, "rtol": rtol, "error_stat": params["error_stat"], "min_top1_agreement": params["min_top1_agreement"],
                                 "max_accuracy_drop": params["max_accuracy_drop"], "samples": params["samples"],
                                 "seed": params["seed"]}
         print(summary(res))
