@@ -19,6 +19,8 @@ MODELS = {
     "resnet56": ("cifar_resnet56", {}, "models/resnet56-4bfd9763.th", "cifar10/test-lossless-932.npz", IMAGENET_NORM),
     "vgg11_bn_half": ("cifar_vgg11_bn", {"width": 32}, "models/vgg11_bn_half.safetensors", "cifar10/test.npz", CIFAR_NORM),
     "mobilenetv2": ("cifar_mobilenetv2", {}, "models/mobilenetv2.safetensors", "cifar10/test.npz", CIFAR_NORM),
+    "vit_tiny_p2": ("vit", dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3, num_classes=10),
+                    "models/vit_tiny_p2.safetensors", "cifar10/test.npz", CIFAR_NORM),
 }
 
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from common import CIFAR_NORM, need, save
+from common import CIFAR_NORM, load, need, save
 
 from otcompress.metrics import count_flops
 from otcompress.tokens import patch as P
@@ -42,11 +42,9 @@ def flops(m, shape):
 
 
 if args.what == "fidelity":
-    from otcompress.checkpoint import load_weights, read_state_dict
     from otcompress.data import load_dataset
 
-    base = build_model("vit", dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3, num_classes=10))
-    load_weights(base, read_state_dict(need("models/vit_tiny_p2.safetensors")), "vit_tiny_p2")
+    base = load("vit_tiny_p2")
     ds = load_dataset(need("cifar10/test.npz"), args.limit)
     x, y = ds.batch(slice(None), *CIFAR_NORM), ds.y
     shape = (1, 3, 32, 32)

@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import CIFAR_NORM, need, save
+from common import CIFAR_NORM, load, need, save
 
-from otcompress.checkpoint import load_weights, read_state_dict
 from otcompress.data import load_dataset
 from otcompress.exporters.onnx import export_onnx
 from otcompress.exporters.runners import OrtRunner
 from otcompress.tokens.patch import apply_token_reduction
-from otcompress.zoo import build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--methods", default="tome,pitome,otprune")
@@ -32,8 +30,7 @@ real = ds.batch(slice(None), *CIFAR_NORM)
 rand = torch.from_numpy(np.random.default_rng(0).standard_normal(tuple(real.shape)).astype(np.float32))
 rows = []
 for method in args.methods.split(","):
-    m = build_model("vit", dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3, num_classes=10))
-    load_weights(m, read_state_dict(need("models/vit_tiny_p2.safetensors")), "vit_tiny_p2")
+    m = load("vit_tiny_p2")
     apply_token_reduction(m, {"method": method, "keep": args.keep})
     with tempfile.TemporaryDirectory() as td:
         export_onnx(m, real[:1], Path(td) / "m.onnx")

@@ -14,22 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import need, save
+from common import load, save
 
 from otcompress.bench import time_fn
-from otcompress.checkpoint import load_weights, read_state_dict
 from otcompress.exporters.onnx import export_onnx
 from otcompress.exporters.runners import OrtRunner
 from otcompress.metrics import count_flops
 from otcompress.tokens.patch import apply_token_reduction
-from otcompress.zoo import build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=20)
 ap.add_argument("--otprune", action="store_true", help="also OTPrune (its export alone takes ~10 min)")
 args = ap.parse_args()
-base = build_model("vit", dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3, num_classes=10))
-load_weights(base, read_state_dict(need("models/vit_tiny_p2.safetensors")), "vit_tiny_p2")
+base = load("vit_tiny_p2")
 shape = (3, 32, 32)
 f0 = count_flops(base, (1, *shape))
 res = {"model": "vit_tiny_p2", "threads": torch.get_num_threads(), "rows": []}

@@ -52,11 +52,16 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def staging_path(out: Path) -> Path:
+    """The hidden sibling folder a run builds in (and training stages checkpoint to, for --resume)."""
+    return out.parent / f".{out.name}.partial"
+
+
 def staging_dir(out: Path, force: bool, resume: bool) -> Path:
     """Refuse to overwrite without --force; build the new result in a hidden sibling folder."""
     if out.exists() and not (force or resume):
         raise OTCError(f"{out}: output folder exists; pass --force to replace it (the current one is kept until the new run succeeds)")
-    stage = out.parent / f".{out.name}.partial"
+    stage = staging_path(out)
     if stage.exists() and not resume:
         shutil.rmtree(stage)
     stage.mkdir(parents=True, exist_ok=True)

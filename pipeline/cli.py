@@ -10,6 +10,7 @@ import click
 
 from . import __version__
 from .errors import OTCError
+from .validation import ERROR_STATS
 
 
 def friendly(fn):
@@ -96,7 +97,7 @@ def inspect(target, scope):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--atol", type=click.FloatRange(0), help="Absolute tolerance (default 1e-4 fp32, 1e-2 fp16).")
 @click.option("--rtol", type=click.FloatRange(0), help="Relative tolerance (default 1e-3 fp32, 1e-2 fp16).")
-@click.option("--error-stat", type=click.Choice(["elemwise", "max", "mean", "median"]),
+@click.option("--error-stat", type=click.Choice(ERROR_STATS),
               help="As Polygraphy's --check-error-stat (default: the recorded one, else elemwise).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), help="Minimum top-1 agreement with the original.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1))

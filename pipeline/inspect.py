@@ -30,19 +30,15 @@ def describe(target: Path, scope: str | None = None) -> str:
     model, shape, stages = _model_for(target)
     lines = [f"{target}: {type(model).__name__}, {count_params(model):,} parameters, {count_flops(model, shape):,} FLOPs"]
     if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
-        from .tokens.patch import schedule, vit_parts
+        from .tokens.patch import plan, vit_parts
 
         blocks, n, prefix = vit_parts(model)
         lines.append(f"transformer blocks: {len(blocks)}, patch tokens {n}, prefix tokens {prefix}")
         for st in stages:
             if st["kind"] == "tokens":
-                rs = schedule(n, len(blocks), st)
-                left, c = [], n
-                for r in rs:
-                    c -= r
-                    left.append(c + prefix)
-                lines.append(f"  tokens stage ({st['method']}): removed per block {rs}")
-                lines.append(f"  tokens after each block {left}")
+                p = plan(n, prefix, len(blocks), st)
+                lines.append(f"  tokens stage ({st['method']}): removed per block {p['removed_per_block']}")
+                lines.append(f"  tokens after each block {p['tokens_after_block']}")
         return "\n".join(lines)
     from .groups import GroupGraph
 

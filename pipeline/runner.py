@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .artifacts import atomic_write_json, atomic_write_text, commit_dir, sha256_file, staging_dir
+from .artifacts import atomic_write_json, atomic_write_text, commit_dir, sha256_file, staging_dir, staging_path
 from .checkpoint import load_weights, read_state_dict
 from .context import Context
 from .errors import OTCError
@@ -70,7 +70,7 @@ def measure(ctx: Context, kind: str, config: dict, seconds: float, details: dict
 def run_recipe(recipe: Recipe, out: str | Path | None = None, *, force=False, resume=False, progress=True) -> dict:
     out = Path(out) if out else Path("artifacts") / recipe.name
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 writes artifacts
-    ckpt_dir = out.parent / f".{out.name}.partial"
+    ckpt_dir = staging_path(out)
     if rank == 0:
         stage_dir = staging_dir(out, force, resume)
     else:

@@ -30,29 +30,28 @@ class FlopsModel:
     def __init__(self, model: nn.Module, example: torch.Tensor, groups: list[Group]):
         self.base = layer_flops(model, example)
         self.total = sum(self.base.values())
-        self.terms = []  # (flops, in-group index or None, out-group index or None)
         role = {}
         for gi, g in enumerate(groups):
             for s in g.slices:
                 if isinstance(s.module, (CONV, nn.Linear)):
                     r = "both" if is_depthwise(s.module) else s.role
                     role.setdefault(s.name, {})[r] = gi
-        for name, f in self.base.items():
+        none = len(groups)  # index of the constant 1 appended to the keep ratios
+        gin, gout = [], []
+        for name in self.base:
             r = role.get(name, {})
-            if "both" in r:
-                self.terms.append((f, None, r["both"]))
-            else:
-                self.terms.append((f, r.get("in"), r.get("out")))
+            gin.append(none if "both" in r else r.get("in", none))
+            gout.append(r.get("both", r.get("out", none)))
+        self.flops = torch.tensor(list(self.base.values()), dtype=torch.float64)
+        self.gin, self.gout = torch.tensor(gin), torch.tensor(gout)
 
-    def ratio(self, keep: list) -> torch.Tensor:
-        """Fraction of the dense conv/linear FLOPs that survive with these keep ratios."""
-        one = torch.ones((), dtype=torch.float64)
-        tot = torch.zeros((), dtype=torch.float64)
-        for f, gi, go in self.terms:
-            a = keep[gi] if gi is not None else one
-            b = keep[go] if go is not None else one
-            tot = tot + f * torch.as_tensor(a, dtype=torch.float64) * torch.as_tensor(b, dtype=torch.float64)
-        return tot / self.total
+    def ratio(self, keep) -> torch.Tensor:
+        """Fraction of the dense conv/linear FLOPs that survive with these keep ratios (one per group; a
+        tensor keeps its device and gradient). A few vectorised kernels: it runs every step in budget mode."""
+        k = torch.as_tensor(keep, dtype=torch.float64)
+        k = torch.cat([k.double(), k.new_ones(1, dtype=torch.float64)])
+        f, gin, gout = (t.to(k.device) for t in (self.flops, self.gin, self.gout))
+        return (f * k[gin] * k[gout]).sum() / self.total
 
     def uniform_keep(self, target: float, n: int) -> float:
         lo, hi = 0.0, 1.0

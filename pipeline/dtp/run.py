@@ -17,7 +17,7 @@ from ..shrink import shrink_channels
 from ..sparsity import kept_count, ratios_for
 from .budget import FlopsModel
 from .masks import TransportMasks
-from .train import cosine, dist_info, evaluate, maybe_init_distributed, train_epoch
+from .train import cosine, dist_info, evaluate, maybe_init_distributed, resolve_device, train_epoch
 
 
 def mask_points(model: nn.Module, g: Group) -> list[nn.Module]:
@@ -144,7 +144,7 @@ class MaskedNet(nn.Module):
 
 
 def run_dtp(ctx, p: dict) -> dict:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if p["device"] == "auto" else p["device"]
+    device = resolve_device(p["device"])
     distributed = maybe_init_distributed(device)
     rank, world = dist_info()
     if p["batch_size"] % world:
@@ -174,21 +174,20 @@ def run_dtp(ctx, p: dict) -> dict:
     theta = nn.Parameter(torch.logit(torch.tensor([keeps[i] for i in sel], dtype=torch.float64)).float()) if budget else None
     history = []
 
-    def flops_ratio(sel_keeps):
+    def flops_ratio(sel_keeps: torch.Tensor) -> torch.Tensor:
         """FLOPs fraction with these keep ratios on the masked groups (the others stay whole)."""
-        full = [1.0] * len(groups)
-        for j, i in enumerate(sel):
-            full[i] = sel_keeps[j]
-        return flops_model.ratio(full)
+        idx = torch.tensor(sel, device=sel_keeps.device)
+        full = torch.ones(len(groups), dtype=torch.float64, device=sel_keeps.device)
+        return flops_model.ratio(full.index_copy(0, idx, sel_keeps.double()))
 
-    def expected_flops():
-        return flops_ratio([masks.current[j, : groups[i].n].double().mean() for j, i in enumerate(sel)])
+    def expected_flops() -> float:
+        return float(flops_ratio(masks.current.double().sum(1) / masks.valid.sum(1)))
 
     def penalty():
         return (p["budget_weight"] * (flops_ratio(torch.sigmoid(theta.double())) - p["flops"]) ** 2).float()
 
     def status():
-        return {"hard": f"{masks.hardness():.3f}", "flops": f"{float(expected_flops()):.3f}"}
+        return {"hard": f"{masks.hardness():.3f}", "flops": f"{expected_flops():.3f}"}
 
     wrap = make_wrap(distributed, device, p["compile"])
     steps = len(data[0]) // p["batch_size"]
@@ -221,7 +220,7 @@ def run_dtp(ctx, p: dict) -> dict:
             secs = time.perf_counter() - t0
             acc = evaluate(masked, ex, ey, device) if ex is not None else None
             history.append({"phase": "mask", "epoch": ep + 1, "loss": loss, "eval_accuracy": acc,
-                            "hardness": float(status()["hard"]), "flops": float(expected_flops()), "seconds": secs})
+                            "hardness": masks.hardness(), "flops": expected_flops(), "seconds": secs})
             if ctx.progress and rank == 0:
                 tqdm.write(f"dtp masks epoch {ep + 1}: loss {loss:.4f} hardness {history[-1]['hardness']:.4f} "
                            f"flops {history[-1]['flops']:.3f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))

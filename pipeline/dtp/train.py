@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-
 import time
 
 import torch
@@ -20,6 +19,11 @@ def dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def resolve_device(name: str) -> str:
+    """The recipe's `device`: auto = CUDA where available."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def maybe_init_distributed(device: str) -> bool:

@@ -20,9 +20,9 @@ class Finetune(Stage):
         import torch
 
         from ..dtp.run import Checkpoints, finetune, make_wrap, training_data
-        from ..dtp.train import dist_info, maybe_init_distributed
+        from ..dtp.train import dist_info, maybe_init_distributed, resolve_device
 
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if params["device"] == "auto" else params["device"]
+        device = resolve_device(params["device"])
         distributed = maybe_init_distributed(device)
         torch.manual_seed(params["seed"])
         data, evalset = training_data(ctx)

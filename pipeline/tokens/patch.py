@@ -121,17 +121,24 @@ def _subclass(mixin, cls):
     return _CLASSES[key]
 
 
+def plan(n_patches: int, prefix: int, depth: int, cfg: dict) -> dict:
+    """Tokens removed by, and left after, every block."""
+    rs = schedule(n_patches, depth, cfg)
+    left, n = [], n_patches
+    for r in rs:
+        n -= r
+        left.append(n + prefix)
+    return {"removed_per_block": rs, "tokens_after_block": left, "tokens_in": n_patches + prefix}
+
+
 def apply_token_reduction(model: nn.Module, cfg: dict) -> dict:
     """Patch in place; returns the plan (tokens removed and tokens left after every block)."""
     blocks, n_patches, prefix = vit_parts(model)
     depth = len(blocks)
-    rs = schedule(n_patches, depth, cfg)
-    left, n = [], n_patches
-    for layer, (b, r) in enumerate(zip(blocks, rs)):
+    p = plan(n_patches, prefix, depth, cfg)
+    for layer, (b, r) in enumerate(zip(blocks, p["removed_per_block"])):
         if not isinstance(b, _ReducingBlock):
             b.__class__ = _subclass(_ReducingBlock, type(b))
         b._tok_cfg, b._tok_r, b._tok_layer, b._tok_depth, b._tok_prefix = cfg, r, layer, depth, prefix
         b._tok_last = layer == depth - 1
-        n -= r
-        left.append(n + prefix)
-    return {"removed_per_block": rs, "tokens_after_block": left, "tokens_in": n_patches + prefix}
+    return p
