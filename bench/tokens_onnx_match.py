@@ -7,13 +7,14 @@ and float32 vs float64. A merge decision between two near-equal scores can flip 
 """
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import CIFAR_NORM, load, need, save
+from common import CIFAR_NORM, RESULTS, load, need, save
 
 from otcompress.data import load_dataset
 from otcompress.exporters.onnx import export_onnx
@@ -28,8 +29,10 @@ args = ap.parse_args()
 ds = load_dataset(need("cifar10/test-lossless-932.npz"), args.n)
 real = ds.batch(slice(None), *CIFAR_NORM)
 rand = torch.from_numpy(np.random.default_rng(0).standard_normal(tuple(real.shape)).astype(np.float32))
-rows = []
-for method in args.methods.split(","):
+methods = args.methods.split(",")
+old = RESULTS / "tokens_onnx_match.json"  # rows of methods not run this time are kept
+rows = [r for r in (json.loads(old.read_text()) if old.exists() else []) if r["method"] not in methods]
+for method in methods:
     m = load("vit_tiny_p2")
     apply_token_reduction(m, {"method": method, "keep": args.keep})
     with tempfile.TemporaryDirectory() as td:

@@ -67,8 +67,9 @@ LARGE_GRAPH = 5000  # nodes; onnxscript's pattern rewriter is quadratic in graph
 
 
 def _optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxscript's optimizer; on very large graphs (OTPrune unrolls a greedy loop in every block) only its
-    constant folding and dead-node removal, which are linear: the rewrite rules would take minutes."""
+    """onnxscript's optimizer; on very large graphs (e.g. the legacy exporter unrolls OTPrune's greedy loop
+    in every block, where torch.export keeps it as one Scan) only its constant folding and dead-node
+    removal, which are linear: the rewrite rules would take minutes."""
     import onnxscript.optimizer
 
     if len(proto.graph.node) <= LARGE_GRAPH:

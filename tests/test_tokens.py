@@ -116,29 +116,40 @@ def test_class_token_is_never_merged(method, mode):
     assert torch.allclose(size[:, 1:].sum(1), torch.full((2, 1), 12.0 if mode == "merge" or method != "otprune" else 7.0))
 
 
+def _graphs(g):
+    """The graph and every subgraph (Scan/Loop/If bodies), depth first."""
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _graphs(sub)
+
+
 def walk_for_trt(path):
     """Constructs TensorRT refuses: ScatterND with a reduction, TopK with a non-constant or >= 3840 K,
-    data-dependent ops and shapes. (scatter_reduce(mean) exports silently as a plain scatter, so no graph
-    walk can see it; the merge avoids scatters altogether.)"""
-    g = onnx.shape_inference.infer_shapes(onnx.load(path)).graph
-    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant":
-            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    data-dependent ops and shapes, in the graph and in every subgraph. A Scan (constant trip count, static
+    shapes: OTPrune's greedy loop) is allowed; a Loop or If is not. (scatter_reduce(mean) exports silently
+    as a plain scatter, so no graph walk can see it; the merge avoids scatters altogether.)"""
+    top = onnx.shape_inference.infer_shapes(onnx.load(path), strict_mode=True).graph
     problems = []
-    for n in g.node:
-        red = next((a.s for a in n.attribute if a.name == "reduction"), b"none")
-        if n.op_type == "ScatterND" and red != b"none":
-            problems.append(f"ScatterND with reduction {red.decode()}")
-        if n.op_type in ("Loop", "If", "NonZero", "Unique"):
-            problems.append(f"data-dependent op {n.op_type}")
-        if n.op_type == "TopK":
-            k = consts.get(n.input[1])
-            if k is None or int(np.asarray(k).reshape(-1)[0]) >= 3840:
-                problems.append(f"TopK with non-constant or too large K ({k})")
-    for v in list(g.value_info) + list(g.output):
-        if any(d.dim_param or not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim):
-            problems.append(f"non-static shape on {v.name}")
+    for g in _graphs(top):
+        consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+        for n in g.node:
+            if n.op_type == "Constant":
+                consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+        for n in g.node:
+            red = next((a.s for a in n.attribute if a.name == "reduction"), b"none")
+            if n.op_type == "ScatterND" and red != b"none":
+                problems.append(f"ScatterND with reduction {red.decode()}")
+            if n.op_type in ("Loop", "If", "NonZero", "Unique"):
+                problems.append(f"data-dependent op {n.op_type}")
+            if n.op_type == "TopK":
+                k = consts.get(n.input[1])
+                if k is None or int(np.asarray(k).reshape(-1)[0]) >= 3840:
+                    problems.append(f"TopK with non-constant or too large K ({k})")
+        for v in list(g.value_info) + list(g.output):
+            if any(d.dim_param or not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim):
+                problems.append(f"non-static shape on {v.name}")
     return problems
 
 
@@ -153,6 +164,8 @@ def test_reduced_vit_exports_matches_and_is_trt_friendly(method, mode, tmp_path)
         ref = model(x).numpy()
     assert np.abs(out - ref).max() <= 1e-4
     assert walk_for_trt(tmp_path / "m.onnx") == []
+    if method == "otprune":  # the greedy loop is one Scan per reducing block, not k unrolled steps
+        assert [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node].count("Scan") == 4
 
 
 def test_the_graph_walk_catches_what_tensorrt_refuses(tmp_path):

@@ -82,8 +82,10 @@ def logdet_select(v: torch.Tensor, k: int, gamma: float = 0.01) -> torch.Tensor:
     d_i^2 -= e_i^2 is kept, but e is computed in the d-dimensional feature space instead of from the t
     Cholesky rows: with A = gamma V^T V - sum_t u_t u_t^T / d_t^2 (d x d), the new Cholesky column is
     e = V A v_j / d_j (Woodbury), so every step costs O(N d) with a fixed-size state and no growing
-    concatenation. Same choices as the reference; vectorised over the batch; the k-step loop unrolls at
-    export. Runs in float32 even under autocast: the greedy scores are differences of near-equal terms."""
+    concatenation. Same choices as the reference; vectorised over the batch. Eagerly the k steps are a
+    Python loop; under torch.export they become one scan (an ONNX Scan node with a constant trip count),
+    because unrolling k steps in every block made graphs of tens of thousands of nodes that took many
+    minutes to export. Runs in float32 even under autocast: the scores are differences of near-equal terms."""
     if v.is_cuda and torch.is_autocast_enabled("cuda"):
         with torch.autocast("cuda", enabled=False):
             return logdet_select(v.float(), k, gamma)
@@ -91,17 +93,25 @@ def logdet_select(v: torch.Tensor, k: int, gamma: float = 0.01) -> torch.Tensor:
     v = F.normalize(v if v.dtype == torch.float64 else v.float(), dim=1)  # columns normalised across tokens
     a = gamma * (v.transpose(1, 2) @ v)  # (B, d, d)
     d2 = 1.0 + ((v @ a) * v).sum(-1)  # diag(K)
-    taken = torch.zeros(B, N, dtype=torch.bool, device=v.device)
     idx = torch.arange(N, device=v.device)
-    for _ in range(k):
-        j = d2.masked_fill(taken, float("-inf")).argmax(dim=-1, keepdim=True)  # (B, 1)
+
+    def step(state, _=None):  # chosen tokens carry d^2 = -inf, so argmax skips them and they mark the result
+        d2, a = state
+        dj, j = d2.max(dim=-1, keepdim=True)  # (B, 1)
         vj = v.gather(1, j.unsqueeze(-1).expand(-1, 1, v.shape[-1]))  # (B, 1, d)
-        u = vj @ a  # (B, 1, d): (A v_j)^T
-        dj = d2.gather(1, j).clamp_min(1e-12)  # (B, 1)
-        d2 = d2 - (v @ u.transpose(1, 2)).squeeze(-1) ** 2 / dj
-        a = a - u.transpose(1, 2) @ u / dj.unsqueeze(-1)
-        taken = taken | (idx == j)
-    return taken
+        w = (vj @ a) * dj.clamp_min(1e-12).rsqrt().unsqueeze(-1)  # (B, 1, d): (A v_j)^T / d_j
+        d2 = torch.where(idx == j, float("-inf"), d2 - (v @ w.transpose(1, 2)).squeeze(-1) ** 2)
+        return (d2, a - w.transpose(1, 2) @ w), j
+
+    state = (d2, a)
+    if torch.compiler.is_exporting():
+        from torch._higher_order_ops.scan import scan
+
+        state = scan(step, state, idx.new_zeros(k))[0]
+    else:
+        for _ in range(k):
+            state = step(state)[0]
+    return state[0] == float("-inf")
 
 
 def otprune(metric: torch.Tensor, k: int, gamma: float = 0.01, mode: str = "drop") -> torch.Tensor:
