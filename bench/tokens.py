@@ -3,10 +3,12 @@
 fidelity: vit_tiny_p2 off the shelf on CIFAR-10 test.npz: top-1 and FLOPs for keep in {0.95 .. 0.7} and each
 method, plus ToMe with a constant r at (nearly) the FLOPs of each PiToMe point; plotted.
 throughput: DeiT-S-shaped ViT at 224x224 (random weights), images/s on the GPU for the original, ToMe r = 13 and
-the other methods at matched FLOPs, and the share of each block's time spent merging.
+the other methods at matched FLOPs, and the share of each block's time spent merging (eager). With --compile
+images/s are measured on torch.compile'd models (the merge's small ops fused; OTPrune's loop one scan) and
+saved as tokens_throughput_compiled.json.
 
     python bench/tokens.py fidelity [--limit N]      (GPU if available)
-    python bench/tokens.py throughput                (needs CUDA)
+    python bench/tokens.py throughput [--compile]    (needs CUDA)
 """
 
 import argparse
@@ -25,6 +27,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("what", choices=["fidelity", "throughput"])
 ap.add_argument("--limit", type=int, default=None)
 ap.add_argument("--batch", type=int, default=256)
+ap.add_argument("--compile", action="store_true")
 args = ap.parse_args()
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 torch.set_grad_enabled(False)
@@ -101,6 +104,7 @@ else:
     x = torch.randn(args.batch, 3, 224, 224, device=dev)
 
     def ips(m, reps=20):
+        m = torch.compile(m) if args.compile else m
         with torch.autocast("cuda", torch.bfloat16):
             for _ in range(5):
                 m(x)
@@ -160,4 +164,5 @@ else:
         block_ms = sum(s.elapsed_time(e) for s, e in zip(ev["s"], ev["e"]))
         shares[r["method"]] = merge_ms / block_ms
         print(f"{r['method']}: merge {merge_ms:.2f} ms of {block_ms:.2f} ms in blocks ({100 * merge_ms / block_ms:.1f}%)", flush=True)
-    print(f"wrote {save('tokens_throughput.json', {'batch': args.batch, 'gpu': torch.cuda.get_device_name(0), 'rows': rows, 'merge_share': shares})}")
+    name = "tokens_throughput_compiled.json" if args.compile else "tokens_throughput.json"
+    print(f"wrote {save(name, {'batch': args.batch, 'gpu': torch.cuda.get_device_name(0), 'compiled': args.compile, 'rows': rows, 'merge_share': shares})}")

@@ -168,6 +168,25 @@ def test_reduced_vit_exports_matches_and_is_trt_friendly(method, mode, tmp_path)
         assert [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node].count("Scan") == 4
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_reduced_vit_compiles_as_one_graph(method):
+    """torch.compile(fullgraph=True) must trace every method without a graph break (GPU throughput relies
+    on compiling the merge's small ops together); OTPrune's greedy loop traces as one scan, with gradients
+    on (the choice itself is detached)."""
+    torch._dynamo.reset()
+    model = small_vit(5)
+    apply_token_reduction(model, {"method": method, "keep": 0.75})
+    x = torch.randn(4, 3, 16, 16)
+    ref = model(x)
+    graphs = []
+    out = torch.compile(model, fullgraph=True, backend=lambda gm, _: graphs.append(gm) or gm.forward)(x)
+    assert torch.allclose(out, ref, atol=1e-5) and len(graphs) == 1
+    scans = [n for n in graphs[0].graph.nodes if n.target is torch.ops.higher_order.scan]
+    assert len(scans) == (4 if method == "otprune" else 0)  # one per reducing block, not k unrolled steps
+    out.sum().backward()
+    assert model.head.weight.grad is not None
+
+
 def test_the_graph_walk_catches_what_tensorrt_refuses(tmp_path):
     from onnx import TensorProto, helper
 

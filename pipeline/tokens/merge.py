@@ -83,13 +83,14 @@ def logdet_select(v: torch.Tensor, k: int, gamma: float = 0.01) -> torch.Tensor:
     Cholesky rows: with A = gamma V^T V - sum_t u_t u_t^T / d_t^2 (d x d), the new Cholesky column is
     e = V A v_j / d_j (Woodbury), so every step costs O(N d) with a fixed-size state and no growing
     concatenation. Same choices as the reference; vectorised over the batch. Eagerly the k steps are a
-    Python loop; under torch.export they become one scan (an ONNX Scan node with a constant trip count),
-    because unrolling k steps in every block made graphs of tens of thousands of nodes that took many
-    minutes to export. Runs in float32 even under autocast: the scores are differences of near-equal terms."""
+    Python loop; under torch.export and torch.compile they become one scan (an ONNX Scan node with a
+    constant trip count), because unrolling k steps in every block made graphs of tens of thousands of
+    nodes that took many minutes to export or compile. Runs in float32 even under autocast: the scores are differences of near-equal terms."""
     if v.is_cuda and torch.is_autocast_enabled("cuda"):
         with torch.autocast("cuda", enabled=False):
             return logdet_select(v.float(), k, gamma)
     B, N, _ = v.shape
+    v = v.detach()  # the choice is discrete: no gradient flows through it (and scan needs none)
     v = F.normalize(v if v.dtype == torch.float64 else v.float(), dim=1)  # columns normalised across tokens
     a = gamma * (v.transpose(1, 2) @ v)  # (B, d, d)
     d2 = 1.0 + ((v @ a) * v).sum(-1)  # diag(K)
@@ -104,7 +105,7 @@ def logdet_select(v: torch.Tensor, k: int, gamma: float = 0.01) -> torch.Tensor:
         return (d2, a - w.transpose(1, 2) @ w), j
 
     state = (d2, a)
-    if torch.compiler.is_exporting():
+    if torch.compiler.is_exporting() or torch.compiler.is_compiling():
         from torch._higher_order_ops.scan import scan
 
         state = scan(step, state, idx.new_zeros(k))[0]
