@@ -27,6 +27,110 @@ def test_mask_sums_to_k_and_stays_in_unit_interval_every_step():
         assert torch.isfinite(m).all()
 
 
+def _literal_step(mk, sweeps, project=True):
+    """One proximal step spelled out: log-domain Sinkhorn sweeps on the kernel P_prev * exp(-C/eps) (plan
+    rebuilt from the stored log-odds), then, if asked, the exact two-point projection the module ends with."""
+    import torch.nn.functional as F
+
+    valid, n = mk.valid, mk.valid.sum(1).double()
+    log_a = torch.where(valid, -torch.log(n)[:, None], -1e30)
+    plan = log_a[..., None] + torch.stack([F.logsigmoid(-mk.log_odds), F.logsigmoid(mk.log_odds)], -1)
+    y = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    logk = torch.where(valid[..., None], plan - (mk.normalised_scores()[..., None] - y) ** 2 / mk.eps, -1e30)
+    log_b = torch.stack([torch.log1p(-mk.keep), torch.log(mk.keep)], 1)
+    f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    for _ in range(sweeps):
+        f = torch.where(valid, log_a - torch.logsumexp(logk + g[:, None, :], 2), 0.0)
+        g = log_b - torch.logsumexp(logk + f[..., None], 1)
+    if not project:
+        return torch.where(valid, n[:, None] * torch.exp(logk[..., 1] + f + g[:, None, 1]), 0.0)
+    u = torch.where(valid, logk[..., 1] + g[:, None, 1] - logk[..., 0] - g[:, None, 0], -1e30)
+    c = torch.zeros_like(n)
+    with torch.no_grad():  # Newton on sum(sigmoid(u + c)) = k ...
+        for _ in range(50):
+            s = torch.sigmoid(u + c[:, None])
+            c = c - ((s.sum(1) - mk.keep * n) / (s * (1 - s)).sum(1)).clamp(-4.0, 4.0)
+    s = torch.sigmoid(u + c[:, None])  # ... and one more step with autograd: the implicit-function gradient
+    return torch.sigmoid(u + (c - (s.sum(1) - mk.keep * n) / (s * (1 - s)).sum(1))[:, None])
+
+
+def test_closed_form_step_is_the_sinkhorn_fixed_point():
+    """The module's closed-form step equals Sinkhorn sweeps + projection for any number of sweeps (masks and
+    gradients), and thousands of sweeps without the projection converge to it: the sweeps are redundant."""
+    torch.manual_seed(0)
+    sizes, keeps = [12, 5, 9], [0.25, 0.6, 1 / 3]
+    mk = TransportMasks(sizes, keeps, [torch.randn(n) for n in sizes], eps=0.7).train()
+    for step in range(8):
+        w = torch.randn(3, 12, dtype=torch.float64)
+        grads = []
+        for sweeps in (1, 5):
+            mk.scores.grad = None
+            m = _literal_step(mk, sweeps)
+            (m * w).sum().backward()
+            grads.append((m.detach(), mk.scores.grad.clone()))
+        with torch.no_grad():
+            converged = _literal_step(mk, 3000, project=False)
+        mk.scores.grad = None
+        m = mk()  # the module's step (updates its plan)
+        (m.double() * w).sum().backward()
+        for lm, lg in grads:
+            assert torch.allclose(lm, m.double(), atol=1e-6) and torch.allclose(lg, mk.scores.grad, atol=1e-6)
+        assert torch.allclose(converged, mk.current.double(), atol=1e-5), (converged - mk.current).abs().max()
+        with torch.no_grad():
+            mk.scores.add_(0.3 * torch.randn_like(mk.scores))  # a training step moves the scores
+
+
+def test_projection_gradient_matches_finite_differences():
+    """Project's closed-form backward (implicit function theorem) against numerical differentiation, for u
+    and for k (the FLOPs budget's path), with padding."""
+    from otcompress.dtp.masks import NEG, Project
+
+    torch.manual_seed(0)
+    valid = torch.arange(7)[None, :] < torch.tensor([7, 4])[:, None]
+    u = torch.where(valid, torch.randn(2, 7, dtype=torch.float64), NEG).requires_grad_()
+    k = torch.tensor([2.5, 1.2], dtype=torch.float64, requires_grad=True)
+    f = lambda u, k: Project.apply(torch.where(valid, u, NEG), k, valid, None, 40)[0]  # noqa: E731
+    assert torch.allclose(f(u, k).sum(1), k)
+    assert torch.autograd.gradcheck(f, (u, k), eps=1e-6, atol=1e-6)
+
+
+def test_masking_through_bn_affine_equals_scaling_the_output():
+    """At affine BN points the mask scales BN's weight and bias (functional_call), elsewhere the output
+    (hook): outputs and the gradients of weights and scores equal an explicit output multiply everywhere."""
+    import copy
+
+    import torch.nn as nn
+
+    from otcompress.dtp.run import MaskedNet
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1),
+                        nn.ReLU(), nn.Conv2d(6, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).train()
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5), net[1].bias.uniform_(-0.5, 0.5)
+    points = [[net[1]], [net[3]]]  # a BN point and a producer without BN
+    mk = TransportMasks([8, 6], [0.5, 0.5], [torch.randn(8), torch.randn(6)], eps=0.5)
+    ref_net, ref_mk = copy.deepcopy(net), copy.deepcopy(mk)
+    masked = MaskedNet(net, mk, None).train()
+    assert len(masked.attach(points)) == 1  # only the producer needs a hook
+    live = {}
+    for j, pt in enumerate([ref_net[1], ref_net[3]]):
+        pt.register_forward_hook(lambda mod, i, out, j=j: out * live["m"][j, : out.shape[1]].float().view(1, -1, 1, 1))
+    x = torch.randn(5, 3, 10, 10)
+    for step in range(3):
+        masked.zero_grad(), ref_net.zero_grad(), ref_mk.zero_grad()
+        out = masked(x)
+        live["m"] = ref_mk.train()()
+        ref = ref_net(x)
+        assert torch.allclose(out, ref, atol=1e-5)
+        (out ** 2).sum().backward()
+        (ref ** 2).sum().backward()
+        for (name, a), b in zip(net.named_parameters(), ref_net.parameters()):
+            assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-4), name
+        assert torch.allclose(mk.scores.grad, ref_mk.scores.grad, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(net[1].running_mean, ref_net[1].running_mean)  # BN statistics still update
+
+
 def test_masks_harden_and_pick_the_known_good_channels():
     """y depends on 4 of 16 inputs; scores and weights trained jointly must keep exactly those 4."""
     torch.manual_seed(0)

@@ -2,15 +2,21 @@
 
 P (n x 2) couples the uniform distribution over n channels with the two-point target (drop, keep)
 of masses ((n-k)/n, k/n); cost C_ij = (s_i - y_j)^2 with y = (0, 1) and s the normalised scores;
-mask = n * P[:, keep]. Each training step is one proximal-point update: Sinkhorn sweeps in the log
-domain on the kernel P_prev * exp(-C/eps), warm-started from the previous plan, so the effective
-temperature is eps/t and the masks harden by themselves.
+mask = n * P[:, keep]. Each training step is one proximal-point update: the entropic OT plan on the
+kernel P_prev * exp(-C/eps), so the effective temperature is eps/t and the masks harden by themselves.
 
-All groups are solved in one batched computation. For a two-point target the Sinkhorn fixed point has a closed form: rows P_i = a_i (1 - m_i, m_i) with
-m_i = sigmoid(u_i + c) and one scalar c with sum(m) = k. Every step ends with that projection, so the
-mask sums to k exactly and stays in [0, 1] at every step, even where a single sweep would stall
-(see notes/anchors: channels stuck near 0.75). Gradients flow through the sweeps and, via the
-implicit function theorem, through c. Everything stays on the device with no host synchronisation."""
+For a two-point target that update has a closed form, which is what the log-domain Sinkhorn sweeps
+converge to: every row of the fixed point is a_i (1 - m_i, m_i) with m_i = sigmoid(z_i),
+
+    z_i = z_prev_i + (C_i0 - C_i1) / eps + c = z_prev_i + (2 s_i - 1) / eps + c,
+
+z_prev the previous plan's log-odds and c the one scalar per group with sum(m) = k (the column marginal).
+A Sinkhorn sweep only adds a per-column constant to the log-odds, which c then removes exactly, so the
+number of sweeps changes neither the masks nor their gradients (tests/test_dtp.py runs the literal
+sweeps against this: identical for 1 and 5); they are not computed. The exact c keeps the mask summing to
+k at every step and in [0, 1], even where a single sweep alone would stall (see notes/anchors: channels
+stuck near 0.75). Gradients reach s directly and, via the implicit function theorem, through c. All
+groups are solved in one batched computation on the device with no host synchronisation."""
 
 from __future__ import annotations
 
@@ -22,20 +28,35 @@ import torch.nn as nn
 NEG = -1e30  # padding: exp() is exactly 0 in float64, yet gradients through where() stay finite
 
 
-def solve_shift(u: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, c0: torch.Tensor | None = None,
-                iters: int = 12) -> torch.Tensor:
-    """Per row g, c_g with sum_i sigmoid(u_gi + c_g) = k_g over the valid entries (u = NEG on padding). Newton's method,
-    warm-started (the previous step's c is nearly right), steps clamped for saturated masks, no host
-    synchronisation; the last step carries the implicit-function gradient dc/du = -sigma' / sum(sigma')."""
-    with torch.no_grad():
-        n = valid.sum(1)
-        cold = torch.logit(k / n) - torch.where(valid, u, 0).sum(1) / n
-        c = cold if c0 is None else torch.where(torch.isnan(c0), cold, c0.to(u))
+class Project(torch.autograd.Function):
+    """Per row g, m_g = sigmoid(u_g + c_g) with the scalar c_g that makes sum(m_g) = k_g over the valid entries
+    (u = NEG on padding, where m is 0). Forward: Newton's method on c without autograd, warm-started from c0
+    (the previous step's c is nearly right; None: cold start), steps clamped for saturated masks, no
+    host synchronisation. Backward: the implicit function theorem in closed form, with s' = m (1 - m),
+    du = s' (dm - <s', dm> / sum(s')) and dk = <s', dm> / sum(s') (k carries the FLOPs budget's gradient):
+    a few kernels, where differentiating through a Newton step took dozens."""
+
+    @staticmethod
+    def forward(ctx, u, k, valid, c0, iters):
+        if c0 is None:
+            n = valid.sum(1)
+            c = torch.logit(k / n) - torch.where(valid, u, 0).sum(1) / n
+        else:
+            c = c0.to(u)
         for _ in range(iters):
             s = torch.sigmoid(u + c[:, None])
             c = c - ((s.sum(1) - k) / (s * (1 - s)).sum(1).clamp_min(1e-12)).clamp(-4.0, 4.0)
-    s = torch.sigmoid(u + c[:, None])
-    return c - (s.sum(1) - k) / (s * (1 - s)).sum(1).clamp_min(1e-30)
+        m = torch.sigmoid(u + c[:, None])
+        ctx.save_for_backward(m)
+        ctx.mark_non_differentiable(c)
+        return m, c
+
+    @staticmethod
+    def backward(ctx, dm, _dc):
+        (m,) = ctx.saved_tensors
+        d = m * (1 - m)
+        dk = (d * dm).sum(1) / d.sum(1).clamp_min(1e-30)
+        return d * (dm - dk[:, None]), dk, None, None, None
 
 
 class TransportMasks(nn.Module):
@@ -45,7 +66,8 @@ class TransportMasks(nn.Module):
     def __init__(self, sizes: list[int], keeps: list[float], init_scores: list[torch.Tensor], eps: float = 1.0,
                  iters: int = 1):
         super().__init__()
-        self.sizes, self.eps, self.iters = list(sizes), eps, iters
+        self.sizes, self.eps = list(sizes), eps
+        self.iters = iters  # Sinkhorn sweeps per step: accepted for the reference's recipes; no effect (see above)
         G, N = len(sizes), max(sizes)
         valid = torch.arange(N)[None, :] < torch.tensor(sizes)[:, None]
         scores = torch.zeros(G, N)
@@ -54,15 +76,15 @@ class TransportMasks(nn.Module):
         self.scores = nn.Parameter(scores)
         self.register_buffer("valid", valid)
         self.register_buffer("keep", torch.tensor(keeps, dtype=torch.float64))
-        n = torch.tensor(sizes, dtype=torch.float64)[:, None]
-        lb = torch.stack([torch.log1p(-self.keep.clamp(max=1 - 1e-12)), torch.log(self.keep.clamp(min=1e-12))], dim=1)
-        plan = (-torch.log(n))[:, :, None] + lb[:, None, :]  # independent coupling a (x) b
-        self.register_buffer("log_plan", plan.expand(G, N, 2).clone())
+        # the plan's log-odds log P_i1 - log P_i0, starting from the independent coupling a (x) b
+        odds = torch.logit(self.keep.clamp(1e-12, 1 - 1e-12))[:, None].expand(G, N)
+        self.register_buffer("log_odds", torch.where(valid, odds, 0.0).clone())
         self.register_buffer("current", torch.where(valid, self.keep[:, None], 0.0).float())
-        self.register_buffer("shift", torch.full((G,), float("nan"), dtype=torch.float64))  # warm start
-        self.warm = False  # once a step has set `shift`, Newton starts next to the root: 3 steps, not 12
+        self.register_buffer("shift", torch.zeros(G, dtype=torch.float64))  # warm start, once `warm`
+        self.warm = False  # once a step has set `shift`, Newton starts next to the root: 4 steps, not 12
         offsets = torch.arange(G)[:, None] * N + torch.arange(N)[None, :]
         self.register_buffer("flat_index", offsets[valid], persistent=False)
+        self.register_buffer("count", valid.sum(1).double(), persistent=False)
 
     def get_extra_state(self):
         return {"warm": self.warm}
@@ -77,36 +99,21 @@ class TransportMasks(nn.Module):
 
     def normalised_scores(self) -> torch.Tensor:
         s = self.scores.double()
-        n = self.valid.sum(1, keepdim=True)
+        n = self.count[:, None]
         mean = torch.where(self.valid, s, 0).sum(1, keepdim=True) / n
         var = torch.where(self.valid, (s - mean) ** 2, 0).sum(1, keepdim=True) / (n - 1).clamp_min(1)
         return torch.sigmoid((s - mean) / (var.sqrt() + 1e-8))  # in (0, 1): eps has a fixed meaning
 
     def forward(self, keep: torch.Tensor | None = None, update: bool = True) -> torch.Tensor:
         """(G, N) soft masks (zero on padding); each training call is one proximal step."""
-        keep = (self.keep if keep is None else keep).to(self.log_plan)
-        sh = self.normalised_scores()
-        y = torch.tensor([0.0, 1.0], dtype=torch.float64, device=sh.device)
-        ninf = torch.tensor(NEG, dtype=torch.float64, device=sh.device)
-        logk = torch.where(self.valid[..., None], self.log_plan - (sh[..., None] - y) ** 2 / self.eps, ninf)
-        n = self.valid.sum(1).to(torch.float64)
-        log_a = torch.where(self.valid, -torch.log(n)[:, None], ninf)
-        frac = keep.clamp(1e-9, 1 - 1e-9)
-        log_b = torch.stack([torch.log1p(-frac), torch.log(frac)], dim=1)  # (G, 2)
-        g = torch.zeros_like(log_b)
-        for _ in range(self.iters):  # log-domain Sinkhorn sweeps on the kernel P_prev * exp(-C/eps)
-            f = torch.where(self.valid, log_a - torch.logsumexp(logk + g[:, None, :], dim=2), 0.0)
-            g = log_b - torch.logsumexp(logk + f[..., None], dim=1)
-        u = torch.where(self.valid, (logk[..., 1] + g[:, None, 1]) - (logk[..., 0] + g[:, None, 0]), ninf)
-        c = solve_shift(u, keep * n, self.valid, self.shift, iters=3 if self.warm else 12)
-        z = u + c[:, None]
-        m = torch.sigmoid(z)
+        keep = (self.keep if keep is None else keep).to(self.log_odds)
+        u = torch.where(self.valid, self.log_odds + (2 * self.normalised_scores() - 1) / self.eps, NEG)
+        m, c = Project.apply(u, keep * self.count, self.valid, self.shift if self.warm else None, 4 if self.warm else 12)
         if update and self.training:
-            plan = log_a[..., None] + torch.stack([nn.functional.logsigmoid(-z), nn.functional.logsigmoid(z)], dim=-1)
-            self.log_plan.copy_(torch.where(self.valid[..., None], plan, self.log_plan).detach())
-            self.shift.copy_(c.detach())
+            self.log_odds.copy_(torch.where(self.valid, u.detach() + c[:, None], 0.0))
+            self.shift.copy_(c)
             self.warm = True
-        self.current.copy_(m.detach().float())
+        self.current.copy_(m.detach())
         return m.float()
 
     def hardness(self) -> float:

@@ -91,11 +91,11 @@ def finetune(model, ctx, p, epochs, data, evalset, device, ckpt, state, history,
 
 
 def make_wrap(distributed: bool, device: str, compile: bool = False):
-    """DDP across processes; torch.compile on request (kernel fusion takes the mask multiplies and the
-    Sinkhorn step into the network's own kernels; the first steps pay the compilation)."""
+    """DDP across processes; torch.compile on request (kernel fusion takes the masks' small ops into a few
+    kernels; the first steps pay the compilation)."""
     def wrap(m):
         if distributed:
-            if device == "cuda":  # (mask hooks live on the BN modules: DTP keeps per-process BN on CUDA)
+            if device == "cuda":  # (masks act on the BN modules: DTP keeps per-process BN on CUDA)
                 m = m if isinstance(m, MaskedNet) else nn.SyncBatchNorm.convert_sync_batchnorm(m)
             m = nn.parallel.DistributedDataParallel(m, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
         return torch.compile(m) if compile else m
@@ -113,34 +113,65 @@ def training_data(ctx):
     return (train.x, train.y, norm), (ex, evals.y if ex is not None else None)
 
 
+def _affine_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+
+
 class MaskedNet(nn.Module):
     """The net plus its masks (and budget logits): one module, so DDP and checkpoints see everything.
-    Each training forward takes one proximal step per mask; the hooks of `attach` read `live[j]`."""
+    Each training forward takes one proximal step for all masks and applies them. At an affine BatchNorm,
+    BN(x; w m, b m) = m BN(x; w, b): the masked affine parameters of every such point come from one gather
+    and two multiplies and are swapped in with functional_call, a handful of small kernels per step instead
+    of an activation-sized multiply and its two backward passes at each point. Other points (producers
+    without BN) scale their output in a forward hook that reads `live[j]`."""
 
     def __init__(self, net: nn.Module, masks: TransportMasks, theta: nn.Parameter | None):
         super().__init__()
         self.net, self.masks = net, masks
         self.theta = nn.ParameterList([theta]) if theta is not None else None
         self.live: tuple[torch.Tensor, ...] = ()
+        self._bns: list[tuple[str, nn.Module]] = []
+        self._hooked = False
 
-    def compute(self, dtype: torch.dtype = torch.float32):
+    def compute(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(G, N) masks; one proximal step when training. Hooked points read theirs from `live`."""
         ks = torch.sigmoid(self.theta[0].double()) if self.theta is not None else None
-        self.live = self.masks.per_group(self.masks(keep=ks, update=self.training), dtype)
+        m = self.masks(keep=ks, update=self.training)
+        if self._hooked:
+            self.live = self.masks.per_group(m, dtype)
+        return m
 
     def forward(self, x):
         amp = x.is_cuda and torch.is_autocast_enabled("cuda")
-        self.compute(torch.get_autocast_dtype("cuda") if amp else x.dtype)  # one cast for all groups
-        return self.net(x)
+        m = self.compute(torch.get_autocast_dtype("cuda") if amp else x.dtype)  # one cast for all groups
+        if not self._bns:
+            return self.net(x)
+        mf = m.flatten().index_select(0, self.bn_index)
+        w = torch.cat([bn.weight for _, bn in self._bns]) * mf
+        b = torch.cat([bn.bias for _, bn in self._bns]) * mf
+        sizes = [bn.num_features for _, bn in self._bns]
+        params = {f"{name}.{kind}": t for kind, ts in (("weight", w.split(sizes)), ("bias", b.split(sizes)))
+                  for (name, _), t in zip(self._bns, ts)}
+        return torch.func.functional_call(self.net, params, (x,))
 
     def attach(self, points: list[list[nn.Module]]) -> list:
-        """Multiply group j's channels by live[j] at each of its mask points; returns the hook handles."""
+        """Mask group j's channels at each of its points; returns the handles of the hooks it needed."""
+        names = {mod: name for name, mod in self.net.named_modules()}
+        N = self.masks.valid.shape[1]
+        self._bns = [(names[pt], pt) for pts in points for pt in pts if _affine_bn(pt)]
+        index = [j * N + torch.arange(pt.num_features) for j, pts in enumerate(points) for pt in pts if _affine_bn(pt)]
+        self.register_buffer("bn_index", torch.cat(index) if index else torch.zeros(0, dtype=torch.long),
+                             persistent=False)
+
         def hook(j):
             def scale(mod, inp, out):
                 m = self.live[j]
                 return out * (m if m.dtype == out.dtype else m.to(out.dtype)).view(1, -1, *([1] * (out.dim() - 2)))
             return scale
 
-        return [pt.register_forward_hook(hook(j)) for j, pts in enumerate(points) for pt in pts]
+        handles = [pt.register_forward_hook(hook(j)) for j, pts in enumerate(points) for pt in pts if not _affine_bn(pt)]
+        self._hooked = bool(handles)
+        return handles
 
 
 def run_dtp(ctx, p: dict) -> dict:

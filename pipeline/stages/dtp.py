@@ -27,14 +27,16 @@ class DTP(Stage):
         "weight_decay": Field((float,), default=5e-4, lo=0.0),
         "batch_size": Field((int,), default=128, lo=1),
         "eps": Field((float,), default=1.0, lo=1e-6, help="a positive number (entropic temperature)"),
-        "sinkhorn_iters": Field((int,), default=1, lo=1, hi=100),
+        "sinkhorn_iters": Field((int,), default=1, lo=1, hi=100,
+                                help="an integer in [1, 100]; kept for the reference's recipes, no effect: the "
+                                     "step is the Sinkhorn fixed point in closed form (see dtp/masks.py)"),
         "budget_weight": Field((float,), default=10.0, lo=0.0),
         "device": Field((str,), default="auto", choices=("auto", "cpu", "cuda")),
         "seed": Field((int,), default=0),
         "augment": Field((str,), default="crop_flip", choices=("crop_flip", "crop", "none")),
         "compile": Field((bool,), default=False,
-                         help="true or false: torch.compile the training step (worth it on CUDA: the mask "
-                              "multiplies and the Sinkhorn step fuse into the network's kernels)"),
+                         help="true or false: torch.compile the training step (worth it on CUDA: the masks' "
+                              "small operators fuse into a few kernels)"),
     }
 
     def needs(self, params, model, data):
