@@ -241,6 +241,23 @@ def test_resume_equals_uninterrupted(tmp_path):
             assert torch.allclose(a[k], b[k], atol=1e-5), (stop, k)
 
 
+def test_resume_from_an_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    from otcompress.artifacts import staging_path
+
+    p = dtp_recipe(tmp_path, "sparsity = 0.5", stages_after=False)
+    out = tmp_path / "out"
+    env = dict(os.environ, OTCOMPRESS_STOP_AFTER_EPOCH="mask:1")
+    cmd = [sys.executable, "-m", "otcompress.cli", "run", str(p), "--out", str(out), "--quiet"]
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode != 0
+    ck = staging_path(out) / "checkpoints" / "dtp.pt"
+    state = torch.load(ck, weights_only=False)
+    state["model"]["masks.log_plan"] = state["model"].pop("masks.log_odds")  # as an older version wrote it
+    torch.save(state, ck)
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot resume the mask phase" in r.stderr and str(ck) in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
 NOBN = """
 import torch.nn as nn
 def build():

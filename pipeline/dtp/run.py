@@ -239,7 +239,12 @@ def run_dtp(ctx, p: dict) -> dict:
         sched = cosine(opt, p["mask_epochs"] * steps)
         start = 0
         if state is not None:
-            masked.load_state_dict(state["model"])
+            try:
+                masked.load_state_dict(state["model"])
+            except RuntimeError as e:  # e.g. a checkpoint from before the closed-form masks (log_plan)
+                raise OTCError(f"{ckpt.path}: cannot resume the mask phase from this checkpoint ({str(e).splitlines()[0]} "
+                               f"...); it was written by a different otcompress version: run again without --resume "
+                               f"(and --force)") from None
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             start, history = state["epoch"], state["history"]
