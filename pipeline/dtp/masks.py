@@ -13,7 +13,7 @@ converge to: every row of the fixed point is a_i (1 - m_i, m_i) with m_i = sigmo
 z_prev the previous plan's log-odds and c the one scalar per group with sum(m) = k (the column marginal).
 A Sinkhorn sweep only adds a per-column constant to the log-odds, which c then removes exactly, so the
 number of sweeps changes neither the masks nor their gradients (tests/test_dtp.py runs the literal
-sweeps against this: identical for 1 and 5); they are not computed. The exact c keeps the mask summing to
+sweeps against this: equal for 1 and 5); they are not computed. The exact c keeps the mask summing to
 k at every step and in [0, 1], even where a single sweep alone would stall (see notes/anchors: channels
 stuck near 0.75). Gradients reach s directly and, via the implicit function theorem, through c. All
 groups are solved in one batched computation on the device with no host synchronisation."""
