@@ -206,6 +206,17 @@ def test_the_graph_walk_catches_what_tensorrt_refuses(tmp_path):
         assert frag in problems, problems
 
 
+def test_an_attention_mask_is_refused_with_a_clear_error():
+    from otcompress.errors import OTCError
+
+    model = small_vit()
+    plan = apply_token_reduction(model, {"method": "tome", "keep": 0.75})
+    tokens = torch.randn(2, 17, 48)
+    with pytest.raises(OTCError, match="block 0: a token-reduced ViT cannot take an attention mask"):
+        model.blocks[0](tokens, attn_mask=torch.zeros(2, 1, 17, 17))
+    assert model.blocks[0](tokens)[0].shape == (2, plan["tokens_after_block"][0], 48)
+
+
 def test_real_vit_tiny_checkpoint_loads_strictly_and_reduces():
     from otcompress.checkpoint import load_weights, read_state_dict
 

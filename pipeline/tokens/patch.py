@@ -97,7 +97,10 @@ def reduce_tokens(x, metric, size, prefix: int, r: int, cfg: dict, layer: int, d
 class _ReducingBlock:
     """Mixed into the block's own class; forward follows timm's Block (ls/drop_path where present)."""
 
-    def forward(self, x, *args, **kwargs):
+    def forward(self, x, attn_mask=None):
+        if attn_mask is not None:  # (timm passes one only when the caller does; its shape could not follow the merges)
+            raise OTCError(f"block {self._tok_layer}: a token-reduced ViT cannot take an attention mask (it is sized "
+                           "for the input tokens, but every block changes the token count); call it without attn_mask")
         cfg = self._tok_cfg
         x, size = x if isinstance(x, tuple) else (x, None)
         y, metric = attention(self.attn, self.norm1(x), size if cfg.get("prop_attn", True) else None)
