@@ -23,6 +23,16 @@ def small_vit(seed=0):
     return build_model("vit", SMALL)
 
 
+def test_ranks_break_exact_ties_by_index_like_a_stable_sort():
+    """Identical tokens (flat image regions) tie exactly; ranks must order them by index, as a stable
+    descending sort does, so that PyTorch and the exported graph take the same decisions."""
+    v = torch.randint(0, 4, (3, 40)).float()
+    want = torch.argsort(torch.argsort(v, dim=-1, descending=True, stable=True), dim=-1, stable=True)
+    assert torch.equal(M.ranks_desc(v), want)
+    u = torch.randn(2, 33)
+    assert torch.equal(M.ranks_desc(u), torch.argsort(torch.argsort(u, dim=-1, descending=True), dim=-1))
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("cfg", [{"keep": 1.0}, {"r": 0}])
 def test_no_reduction_leaves_outputs_unchanged(method, cfg):

@@ -17,16 +17,15 @@ def ranks_desc(v: torch.Tensor) -> torch.Tensor:
     """Rank of every entry in descending order, ties broken by index. PyTorch's sort and ONNX TopK order
     equal values differently, and identical tokens (flat image regions) tie exactly; explicit ranks make
     both backends take the same decisions."""
-    n = v.shape[-1]
+    idx = torch.arange(v.shape[-1], device=v.device)
     vi, vj = v.unsqueeze(-1), v.unsqueeze(-2)
-    earlier = torch.ones(n, n, dtype=torch.bool, device=v.device).tril(-1)
-    return (vj > vi).sum(-1) + ((vj == vi) & earlier).sum(-1)
+    return ((vj > vi) | ((vj >= vi) & (idx < idx.unsqueeze(-1)))).sum(-1)  # j before i: larger, or equal and j < i
 
 
 def merge_weighted(x: torch.Tensor, size: torch.Tensor, dest: torch.Tensor, slots: int):
     """Slot s holds the size-weighted average of the tokens with dest == s (dest -1: dropped) and the sum of
     their sizes. One (B, S, N) weight matrix and one matmul: on a GPU the merge is a handful of kernels."""
-    w = (dest.unsqueeze(-1) == torch.arange(slots, device=dest.device)).to(size.dtype) * size  # (B, N, S)
+    w = torch.where(dest.unsqueeze(-1) == torch.arange(slots, device=dest.device), size, 0.0)  # (B, N, S)
     total = w.sum(1)  # (B, S): every slot receives at least one token
     return (w / total.unsqueeze(1)).transpose(1, 2).to(x.dtype) @ x, total.unsqueeze(-1)
 

@@ -90,7 +90,9 @@ def reduce_tokens(x, metric, size, prefix: int, r: int, cfg: dict, layer: int, d
     else:
         dest = M.otprune(mt, n - r, gamma=cfg.get("gamma", 0.01), mode=cfg.get("mode", "drop"))
     own = torch.arange(prefix, device=x.device).expand(x.shape[0], -1)  # prefix tokens keep their own slots
-    dest = torch.cat([own, torch.where(dest >= 0, dest + prefix, dest)], dim=1)
+    dest = torch.where(dest >= 0, dest + prefix, dest) if method == "otprune" and cfg.get("mode", "drop") == "drop" \
+        else dest + prefix  # only OTPrune's drop mode marks tokens with -1
+    dest = torch.cat([own, dest], dim=1)
     return M.merge_weighted(x, size, dest, prefix + n - r)
 
 
