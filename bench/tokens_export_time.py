@@ -1,7 +1,8 @@
 """Time to export an OTPrune ViT (vit_tiny_p2 shape, random weights, keep 0.9) with the first `--depth` blocks:
-OTPrune unrolls k greedy steps per block, so the graph has thousands of nodes. `--full-optimizer` forces
-onnxscript's whole optimizer (pattern rewriter included) on it, as before graphs over exporters.onnx.LARGE_GRAPH
-nodes got only the linear passes.
+through torch.export (dynamo, the default) OTPrune's k greedy steps are one Scan per block; the legacy
+TorchScript exporter unrolls them into thousands of nodes per block. `--full-optimizer` forces onnxscript's
+whole optimizer (pattern rewriter included) even on graphs over exporters.onnx.LARGE_GRAPH nodes, which
+otherwise get only its linear passes.
 
     .venv/bin/python bench/tokens_export_time.py --depth 1 [--exporter dynamo|legacy] [--full-optimizer]
 """
