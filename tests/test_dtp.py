@@ -17,7 +17,7 @@ from .conftest import ROOT, run_cli, write_recipe
 def test_mask_sums_to_k_and_stays_in_unit_interval_every_step():
     torch.manual_seed(0)
     sizes, keeps = [20, 7, 64], [0.35, 3 / 7, 0.25]
-    mk = TransportMasks(sizes, keeps, [torch.randn(n) for n in sizes], eps=0.05, iters=1).train()
+    mk = TransportMasks(sizes, keeps, [torch.randn(n) for n in sizes], eps=0.05).train()
     for _ in range(200):
         m = mk()
         for g, (n, k) in enumerate(zip(sizes, keeps)):
@@ -139,7 +139,7 @@ def test_masks_harden_and_pick_the_known_good_channels():
     w_true = torch.zeros(n)
     w_true[good] = torch.tensor([2.0, -1.5, 1.0, 2.5])
     y = X @ w_true
-    mk = TransportMasks([n], [k / n], [torch.zeros(n) + 0.01 * torch.randn(n)], eps=0.5, iters=1).train()
+    mk = TransportMasks([n], [k / n], [torch.zeros(n) + 0.01 * torch.randn(n)], eps=0.5).train()
     w = torch.nn.Parameter(torch.zeros(n))
     opt = torch.optim.SGD([w, mk.scores], lr=0.05, momentum=0.9)
     for step in range(600):
@@ -154,7 +154,7 @@ def test_masks_harden_and_pick_the_known_good_channels():
 
 
 def test_no_nan_at_small_eps():
-    mk = TransportMasks([8, 5], [0.5, 0.4], [torch.randn(8), torch.randn(5)], eps=1e-5, iters=3).train()
+    mk = TransportMasks([8, 5], [0.5, 0.4], [torch.randn(8), torch.randn(5)], eps=1e-5).train()
     for _ in range(5):
         m = mk()
         m.sum().backward()

@@ -63,11 +63,9 @@ class TransportMasks(nn.Module):
     """The masks of all G pruned groups, solved together (padded to the largest group) so a training
     step costs a few dozen kernel launches whatever the number of groups."""
 
-    def __init__(self, sizes: list[int], keeps: list[float], init_scores: list[torch.Tensor], eps: float = 1.0,
-                 iters: int = 1):
+    def __init__(self, sizes: list[int], keeps: list[float], init_scores: list[torch.Tensor], eps: float = 1.0):
         super().__init__()
         self.sizes, self.eps = list(sizes), eps
-        self.iters = iters  # Sinkhorn sweeps per step: accepted for the reference's recipes; no effect (see above)
         G, N = len(sizes), max(sizes)
         valid = torch.arange(N)[None, :] < torch.tensor(sizes)[:, None]
         scores = torch.zeros(G, N)
@@ -82,8 +80,6 @@ class TransportMasks(nn.Module):
         self.register_buffer("current", torch.where(valid, self.keep[:, None], 0.0).float())
         self.register_buffer("shift", torch.zeros(G, dtype=torch.float64))  # warm start, once `warm`
         self.warm = False  # once a step has set `shift`, Newton starts next to the root: 4 steps, not 12
-        offsets = torch.arange(G)[:, None] * N + torch.arange(N)[None, :]
-        self.register_buffer("flat_index", offsets[valid], persistent=False)
         self.register_buffer("count", valid.sum(1).double(), persistent=False)
 
     def get_extra_state(self):
@@ -91,11 +87,6 @@ class TransportMasks(nn.Module):
 
     def set_extra_state(self, state):
         self.warm = bool(state["warm"])
-
-    def per_group(self, m: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Group g's mask as its own (n_g,) tensor: one gather and one split, whose backward is a single
-        concatenation (slicing the padded rows one by one would cost G zero-filled gradients per step)."""
-        return torch.split(m.flatten().index_select(0, self.flat_index).to(dtype), self.sizes)
 
     def normalised_scores(self) -> torch.Tensor:
         s = self.scores.double()

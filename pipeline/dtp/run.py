@@ -36,7 +36,7 @@ def mask_points(model: nn.Module, g: Group) -> list[nn.Module]:
 
 @torch.no_grad()
 def fold_mask(module: nn.Module, m: torch.Tensor) -> None:
-    """Scale a mask point's per-channel outputs by m (exactly what the training-time hook did)."""
+    """Scale a mask point's per-channel outputs by m for good (what MaskedNet did during training)."""
     shape = (-1,) + (1,) * (module.weight.dim() - 1)
     module.weight.mul_(m.view(shape).to(module.weight))
     if getattr(module, "bias", None) is not None:
@@ -119,38 +119,39 @@ def _affine_bn(m: nn.Module) -> bool:
 
 class MaskedNet(nn.Module):
     """The net plus its masks (and budget logits): one module, so DDP and checkpoints see everything.
-    Each training forward takes one proximal step for all masks and applies them. At an affine BatchNorm,
-    BN(x; w m, b m) = m BN(x; w, b): the masked affine parameters of every such point come from one gather
-    and two multiplies and are swapped in with functional_call, a handful of small kernels per step instead
-    of an activation-sized multiply and its two backward passes at each point. Other points (producers
-    without BN) scale their output in a forward hook that reads `live[j]`."""
+    Each training forward takes one proximal step for all masks and gathers every mask point's channels
+    at once. At an affine BatchNorm, BN(x; w m, b m) = m BN(x; w, b): the masked affine parameters of all
+    such points come from two multiplies and are swapped in with functional_call, a handful of small
+    kernels per step instead of an activation-sized multiply and its two backward passes at each point.
+    Other points (producers without BN) scale their output in a forward hook that reads `live`."""
 
     def __init__(self, net: nn.Module, masks: TransportMasks, theta: nn.Parameter | None):
         super().__init__()
         self.net, self.masks = net, masks
         self.theta = nn.ParameterList([theta]) if theta is not None else None
-        self.live: tuple[torch.Tensor, ...] = ()
+        self.live: tuple[torch.Tensor, ...] = ()  # the hooked points' masks, in hook order
         self._bns: list[tuple[str, nn.Module]] = []
-        self._hooked = False
+        self._bn_sizes: list[int] = []
+        self._hook_sizes: list[int] = []
 
-    def compute(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(G, N) masks; one proximal step when training. Hooked points read theirs from `live`."""
+    def compute(self) -> torch.Tensor:
+        """(G, N) masks; one proximal step when training."""
         ks = torch.sigmoid(self.theta[0].double()) if self.theta is not None else None
-        m = self.masks(keep=ks, update=self.training)
-        if self._hooked:
-            self.live = self.masks.per_group(m, dtype)
-        return m
+        return self.masks(keep=ks, update=self.training)
 
     def forward(self, x):
-        amp = x.is_cuda and torch.is_autocast_enabled("cuda")
-        m = self.compute(torch.get_autocast_dtype("cuda") if amp else x.dtype)  # one cast for all groups
+        m = self.compute().flatten().index_select(0, self.point_index)  # every point's channels, BN points first
+        if self._hook_sizes:
+            amp = x.is_cuda and torch.is_autocast_enabled("cuda")
+            bn_m, hook_m = m.split([sum(self._bn_sizes), sum(self._hook_sizes)])
+            self.live = hook_m.to(torch.get_autocast_dtype("cuda") if amp else x.dtype).split(self._hook_sizes)
+        else:
+            bn_m = m  # (slicing would add a backward kernel per step)
         if not self._bns:
             return self.net(x)
-        mf = m.flatten().index_select(0, self.bn_index)
-        w = torch.cat([bn.weight for _, bn in self._bns]) * mf
-        b = torch.cat([bn.bias for _, bn in self._bns]) * mf
-        sizes = [bn.num_features for _, bn in self._bns]
-        params = {f"{name}.{kind}": t for kind, ts in (("weight", w.split(sizes)), ("bias", b.split(sizes)))
+        w = torch.cat([bn.weight for _, bn in self._bns]) * bn_m
+        b = torch.cat([bn.bias for _, bn in self._bns]) * bn_m
+        params = {f"{name}.{kind}": t for kind, ts in (("weight", w.split(self._bn_sizes)), ("bias", b.split(self._bn_sizes)))
                   for (name, _), t in zip(self._bns, ts)}
         return torch.func.functional_call(self.net, params, (x,))
 
@@ -158,20 +159,21 @@ class MaskedNet(nn.Module):
         """Mask group j's channels at each of its points; returns the handles of the hooks it needed."""
         names = {mod: name for name, mod in self.net.named_modules()}
         N = self.masks.valid.shape[1]
-        self._bns = [(names[pt], pt) for pts in points for pt in pts if _affine_bn(pt)]
-        index = [j * N + torch.arange(pt.num_features) for j, pts in enumerate(points) for pt in pts if _affine_bn(pt)]
-        self.register_buffer("bn_index", torch.cat(index) if index else torch.zeros(0, dtype=torch.long),
-                             persistent=False)
+        flat = [(j, pt) for j, pts in enumerate(points) for pt in pts]
+        bns = [(j, pt) for j, pt in flat if _affine_bn(pt)]
+        hooked = [(j, pt) for j, pt in flat if not _affine_bn(pt)]
+        self._bns = [(names[pt], pt) for _, pt in bns]
+        self._bn_sizes = [pt.num_features for _, pt in bns]
+        self._hook_sizes = [self.masks.sizes[j] for j, _ in hooked]
+        index = [j * N + torch.arange(self.masks.sizes[j]) for j, _ in bns + hooked]
+        self.register_buffer("point_index", torch.cat(index), persistent=False)
 
-        def hook(j):
+        def hook(i):
             def scale(mod, inp, out):
-                m = self.live[j]
-                return out * (m if m.dtype == out.dtype else m.to(out.dtype)).view(1, -1, *([1] * (out.dim() - 2)))
+                return out * self.live[i].view(1, -1, *([1] * (out.dim() - 2)))
             return scale
 
-        handles = [pt.register_forward_hook(hook(j)) for j, pts in enumerate(points) for pt in pts if not _affine_bn(pt)]
-        self._hooked = bool(handles)
-        return handles
+        return [pt.register_forward_hook(hook(i)) for i, (_, pt) in enumerate(hooked)]
 
 
 def run_dtp(ctx, p: dict) -> dict:
@@ -201,7 +203,7 @@ def run_dtp(ctx, p: dict) -> dict:
     if not sel:
         raise OTCError("dtp: no group would shrink at this sparsity")
     masks = TransportMasks([groups[i].n for i in sel], [keeps[i] for i in sel],
-                           [group_importance(groups[i], p["importance"]) for i in sel], p["eps"], p["sinkhorn_iters"])
+                           [group_importance(groups[i], p["importance"]) for i in sel], p["eps"])  # sinkhorn_iters: no effect
     theta = nn.Parameter(torch.logit(torch.tensor([keeps[i] for i in sel], dtype=torch.float64)).float()) if budget else None
     history = []
 
