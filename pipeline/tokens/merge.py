@@ -4,8 +4,8 @@ heads) and returns `dest` (B, N): the output slot of every token, or -1 where a 
 fixed by r or k alone, never by the data, so every shape is static.
 
 Only export- and TensorRT-friendly ops: comparisons, sums, cumsum, argmax, gather on index tensors and
-matmul. No sort/TopK (ranks come from pairwise comparisons), no scatter (scatter_reduce(mean) exports
-silently wrong), no data-dependent shapes."""
+matmul, and OTPrune's greedy loop as one Scan with a constant trip count. No sort/TopK (ranks come from
+pairwise comparisons), no scatter (scatter_reduce(mean) exports silently wrong), no data-dependent shapes."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def logdet_select(v: torch.Tensor, k: int, gamma: float = 0.01) -> torch.Tensor:
     concatenation. Same choices as the reference; vectorised over the batch. Eagerly the k steps are a
     Python loop; under torch.export and torch.compile they become one scan (an ONNX Scan node with a
     constant trip count), because unrolling k steps in every block made graphs of tens of thousands of
-    nodes that took many minutes to export or compile. Runs in float32 even under autocast: the scores are differences of near-equal terms."""
+    nodes that took many minutes to export or compile. Runs in float32 even under autocast: the scores
+    are differences of near-equal terms."""
     if v.is_cuda and torch.is_autocast_enabled("cuda"):
         with torch.autocast("cuda", enabled=False):
             return logdet_select(v.float(), k, gamma)

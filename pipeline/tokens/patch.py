@@ -8,6 +8,8 @@ block taking plain tokens and the last returning them, so the patched model is s
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -77,7 +79,7 @@ def attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None):
 
 def reduce_tokens(x, metric, size, prefix: int, r: int, cfg: dict, layer: int, depth: int):
     """Merge/drop r patch tokens; prefix (class/distillation) tokens are never touched."""
-    method = cfg["method"]
+    method, mode = cfg["method"], cfg.get("mode", "drop")
     if size is None:
         size = x.new_ones(x.shape[0], x.shape[1], 1)
     mt = metric[:, prefix:]
@@ -88,11 +90,10 @@ def reduce_tokens(x, metric, size, prefix: int, r: int, cfg: dict, layer: int, d
         m0 = cfg.get("margin", 0.9)
         dest = M.pitome(mt, r, margin=m0 - m0 * layer / depth, alpha=cfg.get("alpha", 1.0))
     else:
-        dest = M.otprune(mt, n - r, gamma=cfg.get("gamma", 0.01), mode=cfg.get("mode", "drop"))
+        dest = M.otprune(mt, n - r, gamma=cfg.get("gamma", 0.01), mode=mode)
     own = torch.arange(prefix, device=x.device).expand(x.shape[0], -1)  # prefix tokens keep their own slots
-    dest = torch.where(dest >= 0, dest + prefix, dest) if method == "otprune" and cfg.get("mode", "drop") == "drop" \
-        else dest + prefix  # only OTPrune's drop mode marks tokens with -1
-    dest = torch.cat([own, dest], dim=1)
+    drops = method == "otprune" and mode == "drop"  # the only mode that marks tokens with -1
+    dest = torch.cat([own, torch.where(dest >= 0, dest + prefix, dest) if drops else dest + prefix], dim=1)
     return M.merge_weighted(x, size, dest, prefix + n - r)
 
 
@@ -100,7 +101,7 @@ class _ReducingBlock:
     """Mixed into the block's own class; forward follows timm's Block (ls/drop_path where present)."""
 
     def forward(self, x, attn_mask=None):
-        if attn_mask is not None:  # (timm passes one only when the caller does; its shape could not follow the merges)
+        if attn_mask is not None:  # timm passes one only when its caller does
             raise OTCError(f"block {self._tok_layer}: a token-reduced ViT cannot take an attention mask (it is sized "
                            "for the input tokens, but every block changes the token count); call it without attn_mask")
         cfg = self._tok_cfg
@@ -129,10 +130,7 @@ def _subclass(mixin, cls):
 def plan(n_patches: int, prefix: int, depth: int, cfg: dict) -> dict:
     """Tokens removed by, and left after, every block."""
     rs = schedule(n_patches, depth, cfg)
-    left, n = [], n_patches
-    for r in rs:
-        n -= r
-        left.append(n + prefix)
+    left = [n_patches + prefix - removed for removed in itertools.accumulate(rs)]
     return {"removed_per_block": rs, "tokens_after_block": left, "tokens_in": n_patches + prefix}
 
 
