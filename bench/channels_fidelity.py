@@ -1,7 +1,9 @@
 """Data-free fidelity of channel shrinking on the real checkpoints: top-1 and mean logit l2 distance to
-the original for prune, intrafusion (exact) and intrafusion (reference) at sparsity 0.1 ... 0.7.
+the original for prune, intrafusion (exact) and intrafusion (reference) at sparsity 0.1 ... 0.7, BN folded
+first (`--no-fold-bn`: BN kept and shrunk with its group). `--pattern 0ppp` applies the sparsity as DTP's
+[0, p, p, p] (stem stage kept), e.g. the start points of the DTP benchmark's Intra-Fusion rows.
 
-    .venv/bin/python bench/channels_fidelity.py [--limit N] [--models resnet20,resnet56,...]
+    .venv/bin/python bench/channels_fidelity.py [--limit N] [--models resnet20,resnet56,...] [--pattern 0ppp] [--no-fold-bn]
 """
 
 import argparse
@@ -23,6 +25,8 @@ ap.add_argument("--models", default=",".join(MODELS))
 ap.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7")
 ap.add_argument("--out", default="channels_fidelity.json")
 ap.add_argument("--every", type=int, default=1, help="use every k-th test image (a class-balanced subset of test.npz)")
+ap.add_argument("--pattern", default="uniform", choices=("uniform", "0ppp"))
+ap.add_argument("--no-fold-bn", action="store_true")
 args = ap.parse_args()
 torch.set_grad_enabled(False)
 rows = []
@@ -30,7 +34,8 @@ for name in args.models.split(","):
     base = load(name)
     x, y = eval_data(name, args.limit)
     x, y = x[:: args.every], y[:: args.every]
-    fold_batchnorm(base, x[:1])
+    if not args.no_fold_bn:
+        fold_batchnorm(base, x[:1])
     ref = predict(base, x)
     acc0 = float((ref.argmax(-1) == y).float().mean())
     print(f"{name}: original top-1 {acc0:.4f} on {len(x)} images")
@@ -40,11 +45,13 @@ for name in args.models.split(","):
             t0 = time.perf_counter()
             kw = {"fusion": fusion} if fusion else {}
             with torch.enable_grad():
-                shrink_channels(m, x[:1], method=method, sparsity=sp, progress=False, **kw)
+                shrink_channels(m, x[:1], method=method, sparsity=sp if args.pattern == "uniform" else [0, sp, sp, sp],
+                                progress=False, **kw)
             secs = time.perf_counter() - t0
             f = fidelity(ref, predict(m, x), y)
             label = method if not fusion else f"intrafusion-{fusion}"
-            rows.append({"model": name, "sparsity": sp, "method": label, "top1": f["accuracy"], "top1_original": acc0,
+            rows.append({"model": name, "sparsity": sp, "pattern": args.pattern, "fold_bn": not args.no_fold_bn,
+                         "method": label, "top1": f["accuracy"], "top1_original": acc0,
                          "mean_logit_l2": f["mean_logit_l2"], "agreement": f["top1_agreement"], "seconds": secs})
             print(f"  sparsity {sp:.1f} {label:<24} top-1 {f['accuracy']:.4f}  logit l2 {f['mean_logit_l2']:.3f}")
 path = save(args.out, rows)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
 from pathlib import Path
+
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,3 +57,89 @@ def save(name: str, obj) -> Path:
     p = RESULTS / name
     p.write_text(json.dumps(obj, indent=2) + "\n")
     return p
+
+
+def merge_share(model, x, reps: int = 1) -> dict:
+    """Time spent in `reduce_tokens` and in the transformer blocks over `reps` forwards after one warm-up:
+    CUDA events on a GPU, perf_counter on the CPU (which runs every call synchronously). Medians, in ms."""
+    import statistics
+    import time
+
+    import torch
+
+    from otcompress.tokens import patch as P
+
+    cuda = x.is_cuda
+
+    def mark():
+        if not cuda:
+            return time.perf_counter()
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
+    def total(spans):
+        return sum(a.elapsed_time(b) if cuda else 1e3 * (b - a) for a, b in spans)
+
+    spans, starts, orig = {"merge": [], "block": []}, [], P.reduce_tokens
+
+    def timed(*a, **k):
+        t0 = mark()
+        out = orig(*a, **k)
+        spans["merge"].append((t0, mark()))
+        return out
+
+    hooks = [h for b in model.blocks for h in (
+        b.register_forward_pre_hook(lambda mod, i: starts.append(mark())),
+        b.register_forward_hook(lambda mod, i, o: spans["block"].append((starts.pop(), mark()))))]
+    P.reduce_tokens = timed  # the reducing blocks look it up in their module at every call
+    runs = []
+    try:
+        for rep in range(reps + 1):
+            for v in spans.values():
+                v.clear()
+            model(x)
+            if cuda:
+                torch.cuda.synchronize()
+            if rep:
+                runs.append((total(spans["merge"]), total(spans["block"])))
+    finally:
+        P.reduce_tokens = orig
+        for h in hooks:
+            h.remove()
+    return {"merge_ms": statistics.median(m for m, _ in runs), "blocks_ms": statistics.median(b for _, b in runs),
+            "merge_share": statistics.median(m / b for m, b in runs)}
+
+
+class OpCount(TorchDispatchMode):
+    """Operators dispatched inside the `with` block, by name; views and detach are left out (they launch no
+    kernel). On a GPU each counted operator is a kernel launch, so where launches dominate it predicts time."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not any(r.alias_info is not None for r in func._schema.returns) and func.overloadpacket.__name__ != "detach":
+            self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def merge_ops(model, x) -> float:
+    """Operators one `reduce_tokens` call dispatches, averaged over the reducing blocks of one forward."""
+    from otcompress.tokens import patch as P
+
+    counts, orig = [], P.reduce_tokens
+
+    def counted(*a, **k):
+        with OpCount() as c:
+            out = orig(*a, **k)
+        counts.append(sum(c.ops.values()))
+        return out
+
+    P.reduce_tokens = counted
+    try:
+        model(x)
+    finally:
+        P.reduce_tokens = orig
+    return sum(counts) / max(1, len(counts))

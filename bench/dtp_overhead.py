@@ -9,15 +9,13 @@ it can be checked on any machine (the H100's +55% came with +51% ops).
 """
 
 import argparse
-import collections
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import save
+from common import OpCount, save
 
 from otcompress.dtp.masks import TransportMasks
 from otcompress.dtp.run import MaskedNet, mask_points
@@ -32,17 +30,6 @@ ap.add_argument("--compile", action="store_true")
 args = ap.parse_args()
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 torch.backends.cudnn.benchmark = True
-
-
-class OpCount(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not any(r.alias_info is not None for r in func._schema.returns) and func.overloadpacket.__name__ != "detach":
-            self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def stepper(model, params):

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from common import CIFAR_NORM, load, need, save
+from common import CIFAR_NORM, load, merge_share, need, save
 
 from otcompress.metrics import count_flops
 from otcompress.tokens import patch as P
@@ -130,39 +130,13 @@ else:
         r["speedup"] = r["images_per_s"] / rows[0]["images_per_s"]
         r["speedup_over_flop_reduction"] = r["speedup"] / r["flop_reduction"]
         print(r, flush=True)
-    # share of block time spent in the merge (CUDA events around reduce_tokens and around each block)
-    shares = {}
+    shares = {}  # share of block time spent in the merge (eager)
     for r in rows[1:]:
         cfg = {k: r[k] for k in ("r", "keep") if k in r}
-        m = reduced(base, {"method": r["method"], **cfg})
-        ev = {"merge": [], "block": []}
-        orig = P.reduce_tokens
-
-        def timed(*a, **k):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            out = orig(*a, **k)
-            e.record()
-            ev["merge"].append((s, e))
-            return out
-
-        P.reduce_tokens = timed
-        hooks = []
-        for b in m.blocks:
-            hooks.append(b.register_forward_pre_hook(lambda mod, i: ev.setdefault("s", []).append(torch.cuda.Event(enable_timing=True)) or ev["s"][-1].record()))
-            hooks.append(b.register_forward_hook(lambda mod, i, o: ev.setdefault("e", []).append(torch.cuda.Event(enable_timing=True)) or ev["e"][-1].record()))
         with torch.autocast("cuda", torch.bfloat16):
-            m(x)
-            torch.cuda.synchronize()
-            ev = {"merge": [], "block": []}
-            m(x)
-            torch.cuda.synchronize()
-        P.reduce_tokens = orig
-        for h in hooks:
-            h.remove()
-        merge_ms = sum(s.elapsed_time(e) for s, e in ev["merge"])
-        block_ms = sum(s.elapsed_time(e) for s, e in zip(ev["s"], ev["e"]))
-        shares[r["method"]] = merge_ms / block_ms
-        print(f"{r['method']}: merge {merge_ms:.2f} ms of {block_ms:.2f} ms in blocks ({100 * merge_ms / block_ms:.1f}%)", flush=True)
+            ms = merge_share(reduced(base, {"method": r["method"], **cfg}), x, reps=3)
+        shares[r["method"]] = ms["merge_share"]
+        print(f"{r['method']}: merge {ms['merge_ms']:.2f} ms of {ms['blocks_ms']:.2f} ms in blocks "
+              f"({100 * ms['merge_share']:.1f}%)", flush=True)
     name = "tokens_throughput_compiled.json" if args.compile else "tokens_throughput.json"
     print(f"wrote {save(name, {'batch': args.batch, 'gpu': torch.cuda.get_device_name(0), 'compiled': args.compile, 'rows': rows, 'merge_share': shares})}")
