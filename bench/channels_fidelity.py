@@ -14,9 +14,9 @@ import torch
 
 from common import MODELS, eval_data, load, save
 
-from otcompress.fold_bn import fold_batchnorm
+from otcompress.channels.fold_bn import fold_batchnorm
 from otcompress.metrics import fidelity, predict
-from otcompress.shrink import shrink_channels
+from otcompress.channels.shrink import shrink_channels
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--limit", type=int, default=None,
@@ -45,7 +45,7 @@ for name in args.models.split(","):
             t0 = time.perf_counter()
             kw = {"fusion": fusion} if fusion else {}
             with torch.enable_grad():
-                shrink_channels(m, x[:1], method=method, sparsity=sp if args.pattern == "uniform" else [0, sp, sp, sp],
+                shrink_channels(m, x[:1], method, sparsity=sp if args.pattern == "uniform" else [0, sp, sp, sp],
                                 progress=False, **kw)
             secs = time.perf_counter() - t0
             f = fidelity(ref, predict(m, x), y)

@@ -16,13 +16,12 @@ import torch
 
 from common import save
 
-from otcompress.bench import time_fn
-from otcompress.exporters.onnx import export_onnx
-from otcompress.exporters.runners import OrtRunner
-from otcompress.fold_bn import fold_batchnorm
+from otcompress.cli.bench import time_fn
+from otcompress.exporters.onnx import OrtRunner, export_onnx
+from otcompress.channels.fold_bn import fold_batchnorm
 from otcompress.metrics import count_flops
-from otcompress.shrink import shrink_channels
-from otcompress.zoo import build_model
+from otcompress.channels.shrink import shrink_channels
+from otcompress.models import build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--runs", type=int, default=30)
@@ -34,7 +33,7 @@ model = build_model("resnet50", {})
 x = torch.zeros(1, 3, 224, 224)
 t0 = time.perf_counter()
 fold_batchnorm(model, x)
-shrink_channels(model, x, method="intrafusion", sparsity=0.5, progress=False)
+shrink_channels(model, x, "intrafusion", sparsity=0.5, progress=False)
 res["resnet50_intrafusion_seconds"] = time.perf_counter() - t0
 res["resnet50_intrafusion_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 print(f"intrafusion ResNet-50 @0.5: {res['resnet50_intrafusion_seconds']:.1f} s, peak RSS {res['resnet50_intrafusion_peak_rss_gb']:.2f} GB")
@@ -45,7 +44,7 @@ for arch, args_, shape in (("resnet50", {}, (3, 224, 224)), ("cifar_resnet56", {
     base = build_model(arch, args_)
     fold_batchnorm(base, torch.zeros(1, *shape))
     pruned = copy.deepcopy(base)
-    shrink_channels(pruned, torch.zeros(1, *shape), method="prune", sparsity=0.5, progress=False)
+    shrink_channels(pruned, torch.zeros(1, *shape), "prune", sparsity=0.5, progress=False)
     f0, f1 = count_flops(base, (1, *shape)), count_flops(pruned, (1, *shape))
     for batch in (1, 32):
         lat = {}
@@ -55,7 +54,7 @@ for arch, args_, shape in (("resnet50", {}, (3, 224, 224)), ("cifar_resnet56", {
                 export_onnx(m, torch.zeros(batch, *shape), p)
                 r = OrtRunner(p, providers=["CPUExecutionProvider"])
                 xin = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-                lat[tag] = time_fn(lambda: r.run(xin), args.runs if batch == 1 or arch != "resnet50" else 10, 3)["median_ms"]
+                lat[tag] = time_fn(lambda: r.infer(xin), args.runs if batch == 1 or arch != "resnet50" else 10, 3)["median_ms"]
         row = {"model": arch, "batch": batch, "original_ms": lat["original"], "pruned_ms": lat["pruned"],
                "speedup": lat["original"] / lat["pruned"], "flop_reduction": f0 / f1}
         row["speedup_over_flop_reduction"] = row["speedup"] / row["flop_reduction"]

@@ -35,8 +35,8 @@ def need(rel: str) -> Path:
 
 
 def load(name: str):
-    from otcompress.checkpoint import load_weights, read_state_dict
-    from otcompress.zoo import build_model
+    from otcompress.models.checkpoint import load_weights, read_state_dict
+    from otcompress.models import build_model
 
     arch, args, ckpt, data, norm = MODELS[name]
     model = build_model(arch, args)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from common import OpCount, save
 
 from otcompress.dtp.masks import TransportMasks
-from otcompress.dtp.run import MaskedNet, mask_points
-from otcompress.groups import GroupGraph
-from otcompress.importance import group_importance
-from otcompress.zoo import build_model
+from otcompress.dtp.learn import MaskedNet, mask_points
+from otcompress.channels.groups import GroupGraph
+from otcompress.channels.importance import criterion
+from otcompress.models import build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=100)
@@ -71,7 +71,7 @@ plain = build_model("cifar_resnet56").to(dev).train()
 base_step, base_ops = stepper(plain, list(plain.parameters()))
 net = build_model("cifar_resnet56").train()
 groups = GroupGraph(net.eval(), torch.zeros(1, 3, 32, 32)).groups()
-masks = TransportMasks([g.n for g in groups], [0.5] * len(groups), [group_importance(g, "l1") for g in groups])
+masks = TransportMasks([g.n for g in groups], [0.5] * len(groups), [criterion("l1")(g) for g in groups])
 masked = MaskedNet(net.train(), masks, None)
 masked.attach([mask_points(net, g) for g in groups])
 masked.to(dev).train()

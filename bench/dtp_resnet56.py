@@ -59,7 +59,7 @@ import torch
 
 torch.backends.cudnn.benchmark = True
 from otcompress.recipe import load_recipe
-from otcompress.runner import run_recipe
+from otcompress.compress import run_recipe
 
 with tempfile.TemporaryDirectory() as td:
     for label, p, stages in runs:

@@ -21,7 +21,7 @@ from common import CIFAR_NORM, load, merge_share, need, save
 
 from otcompress.metrics import count_flops
 from otcompress.tokens import patch as P
-from otcompress.zoo import build_model
+from otcompress.models import build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("what", choices=["fidelity", "throughput"])

@@ -18,7 +18,7 @@ from common import save
 
 import otcompress.exporters.onnx as onnx_export
 from otcompress.tokens.patch import apply_token_reduction
-from otcompress.zoo import build_model
+from otcompress.models import build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--depth", type=int, default=1)

@@ -14,7 +14,7 @@ from common import load, merge_ops, merge_share, save
 
 from otcompress.metrics import count_flops
 from otcompress.tokens import patch as P
-from otcompress.zoo import build_model
+from otcompress.models import build_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="deit_small", choices=("deit_small", "vit_tiny_p2"))

@@ -17,8 +17,7 @@ import torch
 from common import CIFAR_NORM, RESULTS, load, need, save
 
 from otcompress.data import load_dataset
-from otcompress.exporters.onnx import export_onnx
-from otcompress.exporters.runners import OrtRunner
+from otcompress.exporters.onnx import OrtRunner, export_onnx
 from otcompress.tokens.patch import apply_token_reduction
 
 ap = argparse.ArgumentParser()
@@ -45,7 +44,7 @@ for method in methods:
                 f64 = m.double()(x.double()).numpy()
                 m.float()
             row = {"method": method, "keep": args.keep, "inputs": name, "images": len(x)}
-            for what, other in (("ort", ort.run_batched(x.numpy())["logits"]), ("torch_batch1", one), ("torch_float64", f64)):
+            for what, other in (("ort", ort.infer_batched(x.numpy())["logits"]), ("torch_batch1", one), ("torch_float64", f64)):
                 d = np.abs(other - ref).max(1)
                 row[f"{what}_within_1e-4"], row[f"{what}_max_abs"] = int((d <= 1e-4).sum()), float(d.max())
             rows.append(row)

@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from common import load, save
 
-from otcompress.bench import time_fn
-from otcompress.exporters.onnx import export_onnx
-from otcompress.exporters.runners import OrtRunner
+from otcompress.cli.bench import time_fn
+from otcompress.exporters.onnx import OrtRunner, export_onnx
 from otcompress.metrics import count_flops
 from otcompress.tokens.patch import apply_token_reduction
 
@@ -52,7 +51,7 @@ with tempfile.TemporaryDirectory() as td:
         times = [[] for _ in models]
         for _ in tqdm(range(args.rounds), desc=f"batch {batch}"):  # interleaved: drift hits every model alike
             for i, (r, _, _) in enumerate(runners):
-                times[i].append(time_fn(lambda: r.run(x), args.runs, 1)["median_ms"])
+                times[i].append(time_fn(lambda: r.infer(x), args.runs, 1)["median_ms"])
         ms = [statistics.median(t) for t in times]
         for (tag, cfg), (_, export_s, flop_red), t, med in zip(models, runners, times, ms):
             row = {"method": tag, **(cfg or {}), "batch": batch, "median_ms": med, "min_ms": min(t),

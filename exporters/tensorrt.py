@@ -1,6 +1,12 @@
 """TensorRT engines from ONNX, written against the TensorRT 10/11 Python API. TensorRT cannot be
 installed on this project's machines, so nothing here is exercised by CI: every entry point first
-checks that `tensorrt` imports and otherwise raises TensorRTUnavailable with the reason."""
+checks that `tensorrt` imports and otherwise raises TensorRTUnavailable with the reason.
+
+Precision: TensorRT 10 builds FP16 engines from an FP32 graph with the FP16 builder flag. TensorRT 11
+removed that flag: networks are strongly typed and follow the ONNX tensor types, so an FP32 ONNX model
+gives an FP32 engine. `precision = "fp16"` is therefore refused there instead of silently building FP32
+(and loosening the validation tolerances for nothing). The engine's batch dimension follows the ONNX
+model's: dynamic there, an optimisation profile here."""
 
 from __future__ import annotations
 
@@ -10,8 +16,8 @@ import numpy as np
 
 from otcompress.errors import OTCError
 
-from .onnx import OUTPUT
-from .runners import Runner
+from .base import Runner
+from .onnx import OUTPUT, load_checked
 
 
 class TensorRTUnavailable(OTCError):
@@ -36,18 +42,26 @@ def gpu_name() -> str | None:
         return None
 
 
+def onnx_dynamic_batch(onnx_path: str | Path) -> bool:
+    dim = load_checked(onnx_path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return not dim.HasField("dim_value")
+
+
 def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str = "fp32", workspace_gb: float = 4.0,
-                 dynamic_batch: bool = False, max_batch: int = 64) -> dict:
+                 max_batch: int = 64) -> dict:
     from otcompress.artifacts import atomic_write_bytes
 
     trt = import_tensorrt()
-    major = int(trt.__version__.split(".")[0])
+    dynamic_batch = onnx_dynamic_batch(onnx_path)
+    fp16_flag = hasattr(trt.BuilderFlag, "FP16")
+    strongly_typed = not fp16_flag
+    if precision == "fp16" and strongly_typed:
+        raise OTCError(f"precision = 'fp16': TensorRT {trt.__version__} builds strongly typed networks that follow the "
+                       "ONNX types, and this ONNX model is FP32; use precision = 'fp32' (or TensorRT 10)")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
-    strongly_typed = major >= 11 or (precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16"))
     if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        # TensorRT 11 removed the FP16 builder flag: precision follows the ONNX tensor types instead.
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -56,7 +70,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str
         raise OTCError(f"{onnx_path}: TensorRT's ONNX parser rejected it:\n  " + "\n  ".join(msgs))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if precision == "fp16" and not strongly_typed:
+    if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     if dynamic_batch:
         profile = builder.create_optimization_profile()
@@ -78,12 +92,17 @@ class TrtRunner(Runner):
     """Runs a serialized engine with torch CUDA tensors as I/O buffers (TensorRT 10 tensor API)."""
 
     def __init__(self, plan_path: str | Path, name: str = "tensorrt"):
-        import torch
-
-        trt = import_tensorrt()
+        super().__init__()
+        self.trt = import_tensorrt()
         self.path = Path(plan_path)
         if not self.path.is_file():
             raise OTCError(f"{self.path}: file not found")
+        self.name = name
+        self._activate()  # the engine declares the input shape and dtype
+        self.active = True
+
+    def _activate(self):
+        trt = self.trt
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -94,19 +113,20 @@ class TrtRunner(Runner):
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.input_shape = [d if d > 0 else "batch" for d in self.engine.get_tensor_shape(self.inputs[0])]
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.inputs[0]))).name
-        self.torch = torch
-        self.name = name
 
-    def run(self, x):
-        torch = self.torch
-        self.check_input(x)
+    def _deactivate(self):
+        self.context = self.engine = None
+
+    def _infer(self, x, decisions):
+        import torch
+
         xin = torch.from_numpy(x).cuda()
         self.context.set_input_shape(self.inputs[0], tuple(x.shape))
         self.context.set_tensor_address(self.inputs[0], xin.data_ptr())
         outs = {}
         for n in self.outputs:
             shape = tuple(self.context.get_tensor_shape(n))
-            dtype = np.dtype(self.torch_dtype(n))
+            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(n)))
             outs[n] = torch.empty(shape, dtype=getattr(torch, dtype.name), device="cuda")
             self.context.set_tensor_address(n, outs[n].data_ptr())
         stream = torch.cuda.current_stream()
@@ -115,12 +135,5 @@ class TrtRunner(Runner):
         stream.synchronize()
         return {(OUTPUT if n == self.outputs[0] else n): v.float().cpu().numpy() for n, v in outs.items()}
 
-    def torch_dtype(self, name):
-        import tensorrt as trt
-
-        return trt.nptype(self.engine.get_tensor_dtype(name))
-
     def describe(self):
-        import tensorrt as trt
-
-        return {"name": self.name, "file": self.path.name, "tensorrt": trt.__version__, "gpu": gpu_name()}
+        return {"name": self.name, "file": self.path.name, "tensorrt": self.trt.__version__, "gpu": gpu_name()}

@@ -3,6 +3,8 @@ output folder beside the target and swaps it in at the end, so a failure never l
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -36,14 +38,6 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def tmp_path_for(path: str | Path) -> Path:
-    """A sibling temporary name for writers that need a path (ONNX, TensorRT); os.replace it when done."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -55,6 +49,33 @@ def sha256_file(path: str | Path) -> str:
 def staging_path(out: Path) -> Path:
     """The hidden sibling folder a run builds in (and training stages checkpoint to, for --resume)."""
     return out.parent / f".{out.name}.partial"
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, enabled: bool = True):
+    """An exclusive lock on the output folder for the whole run: a second run into the same folder (a CI
+    matrix does this) is refused with a clear message instead of sharing, and breaking, the staging folder."""
+    if not enabled:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip()
+            raise OTCError(f"{out}: another otcompress run is writing to this folder{f' (pid {who})' if who else ''}; "
+                           "wait for it to finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def staging_dir(out: Path, force: bool, resume: bool) -> Path:

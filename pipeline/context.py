@@ -1,4 +1,6 @@
-"""What every stage sees: the model being compressed, the untouched original, the data and the output folder."""
+"""What every stage sees (the model being compressed, the untouched original, the data, the output
+folder) and what stages hand to later ones, as typed fields: exported artifacts, the token plan, the
+gate and result of validation. compress.py turns them into report.json and the rebuild metadata."""
 
 from __future__ import annotations
 
@@ -10,6 +12,17 @@ import torch.nn as nn
 
 from .data import Dataset, load_dataset
 from .recipe import Recipe
+from .validation.inputs import Probe
+
+
+@dataclass
+class Export:
+    """An exported artifact: which backend runs it, where it is, and the precision it was built in."""
+
+    backend: str
+    path: Path
+    precision: str = "fp32"
+    dynamic_batch: bool = False
 
 
 @dataclass
@@ -17,16 +30,17 @@ class Context:
     recipe: Recipe
     model: nn.Module
     original: nn.Module
-    out: Path
-    meta: dict
-    probe_x: torch.Tensor
-    probe_y: torch.Tensor | None
+    out: Path  # the staging folder this run writes into
+    probe: Probe
     ref_logits: torch.Tensor
     progress: bool = True
     resume: bool = False
-    validation: dict | None = None
-    files: dict = field(default_factory=dict)
     ckpt_dir: Path | None = None  # where training stages checkpoint (the staging folder; shared by all ranks)
+    stage_index: int = 0
+    exports: dict[str, Export] = field(default_factory=dict)  # backend name -> artifact
+    tokens: dict | None = None  # the tokens stage's config (rebuilds the patch on load)
+    gate: dict | None = None  # the validate stage's settings (reused by `otcompress validate`)
+    validation: dict | None = None  # the validate stage's result
 
     @property
     def input_shape(self) -> list[int]:
@@ -35,6 +49,10 @@ class Context:
     @property
     def example(self) -> torch.Tensor:
         return torch.zeros((1, *self.input_shape[1:]))
+
+    def checkpoint(self, kind: str) -> Path:
+        """This stage's own checkpoint file: stages never share one."""
+        return self.ckpt_dir / "checkpoints" / f"stage{self.stage_index}-{kind}.pt"
 
     def dataset(self, which: str) -> Dataset | None:
         d = self.recipe.data

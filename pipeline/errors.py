@@ -1,13 +1,11 @@
-"""Errors that the CLI turns into exit codes: 2 for bad input or usage, 1 for a failed check."""
+"""Exit codes and the errors that carry them. Expected failures are OTCError (bad usage or input, exit 2)
+or a failed check (exit 1, decided by the caller); anything else is an internal error (exit 3), reported
+by the CLI in one line with the path of the full traceback."""
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class OTCError(Exception):
-    """Bad input: a recipe, file, key or value that cannot be used (exit 2)."""
+    """Bad input: a recipe, file, key, layer or value that cannot be used (exit 2)."""
 
-    exit_code = 2
-
-
-class CheckFailed(OTCError):
-    """A validation gate failed (exit 1): the run itself worked."""
-
-    exit_code = 1
+    exit_code = EXIT_BAD_INPUT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -30,15 +31,23 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     return torch.cat(outs)
 
 
-def fidelity(ref: torch.Tensor, out: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-    diff = (out - ref).abs()
+def fidelity(ref, out, labels=None) -> dict:
+    """Compressed logits `out` against the original's `ref` (tensors or arrays): errors, top-1 agreement
+    and, with labels, both accuracies."""
+    ref = np.asarray(ref.detach().cpu() if isinstance(ref, torch.Tensor) else ref, dtype=np.float64)
+    out = np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out, dtype=np.float64)
+    diff = np.abs(out - ref)
     res = {
-        "max_abs_error": float(diff.max()),
-        "mean_abs_error": float(diff.mean()),
-        "rel_error": float(diff.max() / ref.abs().max().clamp_min(1e-12)),
-        "mean_logit_l2": float((out - ref).norm(dim=-1).mean()),
-        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+        "max_abs_error": float(diff.max(initial=0)),
+        "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
+        "rel_error": float(diff.max(initial=0) / max(np.abs(ref).max(initial=0), 1e-12)),
+        "mean_logit_l2": float(np.linalg.norm(out - ref, axis=-1).mean()) if diff.size else 0.0,
+        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()) if diff.size else 1.0,
+        "samples": int(len(ref)),
     }
     if labels is not None:
-        res["accuracy"] = float((out.argmax(-1) == labels).float().mean())
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        res["accuracy_original"] = float((ref.argmax(-1) == labels).mean())
+        res["accuracy"] = res["accuracy_compressed"] = float((out.argmax(-1) == labels).mean())
+        res["accuracy_drop"] = res["accuracy_original"] - res["accuracy_compressed"]
     return res

@@ -28,9 +28,15 @@ def stage_table(report: dict) -> str:
     rows = [HEAD] + stage_rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEAD))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    v = report["validation"]
-    verdict = "validation: " + ("PASSED" if v.get("passed") else "FAILED") + (f" ({v['note']})" if v.get("note") else "")
+    verdict = "validation: " + verdict_word(report["validation"])
     return "\n".join([line(rows[0]), line(["-" * w for w in widths])] + [line(r) for r in rows[1:]] + [verdict])
+
+
+def verdict_word(v: dict) -> str:
+    """PASSED / FAILED, or NOT RUN: a run without a validate stage validated nothing and must not say passed."""
+    if v.get("passed") is None:
+        return "NOT RUN" + (f" ({v['note']})" if v.get("note") else "")
+    return "PASSED" if v["passed"] else "FAILED"
 
 
 def render_markdown(report: dict) -> str:
@@ -45,7 +51,7 @@ def render_markdown(report: dict) -> str:
             out += [f"| {g['group']} | {g['before']} | {g['after']} | {'yes' if g['fused'] else 'no'} | {len(g['layers'])} |"
                     for g in groups]
     v = report["validation"]
-    out += ["", "## Validation", "", f"**{'PASSED' if v.get('passed') else 'FAILED'}**", ""]
+    out += ["", "## Validation", "", f"**{verdict_word(v)}**", ""]
     for c in v.get("checks", []):
         obs = c.get("observed", c.get("max_abs"))
         out.append(f"- {'✅' if c['passed'] else '❌'} `{c['check']}` `{c['output']}`: observed {obs}"

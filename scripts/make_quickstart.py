@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
-from otcompress.zoo import build_model
+from otcompress.models import build_model
 
 OUT = Path(__file__).resolve().parent.parent / "recipes" / "data"
 MEAN, STD = 0.3063, 0.3769  # of the training split, x/255

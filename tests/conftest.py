@@ -29,6 +29,32 @@ def run_cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+INTERRUPT = """
+import os, signal, sys
+import otcompress.dtp.learn as learn
+n, calls, orig = int(os.environ["OTC_TEST_INTERRUPT_AT_EPOCH"]), [0], learn.train_epoch
+def interrupting(*a, **k):  # a real Ctrl-C as the n-th training epoch starts (epoch n-1's checkpoint is written)
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGINT)
+    return orig(*a, **k)
+learn.train_epoch = interrupting
+from otcompress.cli import main
+sys.argv = ["otcompress", *sys.argv[1:]]
+main()
+"""
+
+
+def interrupted_run(args, at_epoch: int, env=None):
+    """`otcompress ARGS` in a subprocess that receives SIGINT when its at_epoch-th training epoch starts."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(env or os.environ, OTC_TEST_INTERRUPT_AT_EPOCH=str(at_epoch))
+    return subprocess.run([sys.executable, "-c", INTERRUPT, *map(str, args)], env=env, capture_output=True, text=True)
+
+
 def write_recipe(tmp: Path, text: str, name="r.toml") -> Path:
     p = tmp / name
     p.write_text(text)

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 
 from otcompress.errors import OTCError
 from otcompress.exporters.onnx import export_onnx
-from otcompress.exporters.runners import OrtRunner
-from otcompress.fold_bn import fold_batchnorm
-from otcompress.groups import GroupGraph
-from otcompress.intrafusion import fusion_maps, transport_plan
-from otcompress.shrink import shrink_channels
-from otcompress.zoo import build_model
+from otcompress.exporters.onnx import OrtRunner
+from otcompress.channels.fold_bn import fold_batchnorm
+from otcompress.channels.groups import GroupGraph
+from otcompress.channels.fusion import fusion_maps, transport_plan
+from otcompress.channels.shrink import shrink_channels
+from otcompress.models import build_model
 
 from .conftest import CNN_ZOO, randomize_bn
 
@@ -75,7 +75,7 @@ def test_fusing_exact_duplicates_preserves_the_function(net):
         with torch.no_grad():
             ref = model(x)
         kw = {"fusion": fusion} if method == "intrafusion" else {}
-        rep = shrink_channels(model, x[:1], method=method, sparsity=0.5, progress=False, **kw)
+        rep = shrink_channels(model, x[:1], method, sparsity=0.5, progress=False, **kw)
         assert [r["after"] for r in rep if r["before"] == 12] == [6]
         with torch.no_grad():
             results[(method, fusion)] = (model(x) - ref).abs().max().item() / ref.abs().max().item()
@@ -92,7 +92,7 @@ def test_reference_fusion_doubles_preactivation_on_duplicates():
     model = nn.Sequential(lin1, nn.Identity(), lin2).eval()  # linear: pre-activation passes straight through
     x = torch.randn(5, 4)
     ref = model(x).detach()
-    shrink_channels(model, x[:1], method="intrafusion", sparsity=0.5, fusion="reference", progress=False)
+    shrink_channels(model, x[:1], "intrafusion", sparsity=0.5, fusion="reference", progress=False)
     assert torch.allclose(model(x).detach(), 2.0 * ref, atol=1e-5)
 
 
@@ -105,7 +105,7 @@ def test_m_equals_n_is_the_identity():
     model = randomize_bn(build_model("cifar_resnet20"))
     x = torch.randn(2, 3, 32, 32)
     ref = model(x).detach()
-    rep = shrink_channels(model, x[:1], method="intrafusion", sparsity=0.0, progress=False)
+    rep = shrink_channels(model, x[:1], "intrafusion", sparsity=0.0, progress=False)
     assert all(r["before"] == r["after"] for r in rep)
     assert torch.equal(model(x).detach(), ref)
 
@@ -129,7 +129,7 @@ def test_zoo_cnns_pruned_have_exact_counts_and_export(arch, args, shape, sparsit
     x = torch.randn(2, *shape[1:])
     fold_batchnorm(model, x[:1])
     method = "intrafusion" if sparsity == 0.3 else "prune"
-    rep = shrink_channels(model, x[:1], method=method, sparsity=sparsity, progress=False)
+    rep = shrink_channels(model, x[:1], method, sparsity=sparsity, progress=False)
     assert rep
     for r in rep:
         assert r["after"] == _expected(r["before"], sparsity), r
@@ -139,7 +139,7 @@ def test_zoo_cnns_pruned_have_exact_counts_and_export(arch, args, shape, sparsit
         out = model(x)
     assert out.shape == (2, model(x).shape[1]) and torch.isfinite(out).all()
     export_onnx(model, x[:1], tmp_path / "m.onnx")
-    ort = OrtRunner(tmp_path / "m.onnx").run_batched(x.numpy())["logits"]
+    ort = OrtRunner(tmp_path / "m.onnx").infer_batched(x.numpy())["logits"]
     assert np.abs(ort - out.numpy()).max() <= 1e-4 * max(1.0, np.abs(out.numpy()).max())
 
 
@@ -154,7 +154,7 @@ def test_option_a_resnets_prune_only_block_internal_channels():
 
 def test_classifier_outputs_never_pruned_and_exclude_patterns():
     model = randomize_bn(build_model("cifar_vgg11_bn", {"width": 16}))
-    rep = shrink_channels(model, torch.zeros(1, 3, 32, 32), method="prune", sparsity=0.5, exclude=["features.0"],
+    rep = shrink_channels(model, torch.zeros(1, 3, 32, 32), "prune", sparsity=0.5, exclude=["features.0"],
                           progress=False)
     assert model.classifier.out_features == 10
     assert model.features[0].out_channels == 16 and "features.0" not in [r["group"] for r in rep if r["after"] < r["before"]]
@@ -162,18 +162,18 @@ def test_classifier_outputs_never_pruned_and_exclude_patterns():
 
 def test_sparsity_forms_list_patterns_round_to():
     model = randomize_bn(build_model("cifar_resnet20"))
-    rep = shrink_channels(model, torch.zeros(1, 3, 32, 32), method="prune", sparsity=[0, 0.5, 0.25, 0.75], progress=False)
+    rep = shrink_channels(model, torch.zeros(1, 3, 32, 32), "prune", sparsity=[0, 0.5, 0.25, 0.75], progress=False)
     by = {r["group"]: r["after"] for r in rep}
     assert by["layer1.0.conv1"] == 8 and by["layer2.0.conv1"] == 24 and by["layer3.0.conv1"] == 16
     model = randomize_bn(build_model("cifar_resnet18", {"width": 32}))
-    rep = shrink_channels(model, torch.zeros(1, 3, 32, 32), method="prune", sparsity={"layer4.*": 0.3, "*": 0.1},
+    rep = shrink_channels(model, torch.zeros(1, 3, 32, 32), "prune", sparsity={"layer4.*": 0.3, "*": 0.1},
                           round_to=8, progress=False)
     for r in rep:
         assert r["after"] % 8 == 0 and r["after"] >= 8
     l4 = [r for r in rep if r["group"].startswith("layer4") and r["before"] == 256]
     assert l4 and all(r["after"] == 176 for r in l4)  # round(256*0.7)=179 -> 176
     with pytest.raises(OTCError, match="stage"):
-        shrink_channels(build_model("cifar_resnet20"), torch.zeros(1, 3, 32, 32), method="prune", sparsity=[0, 0.5],
+        shrink_channels(build_model("cifar_resnet20"), torch.zeros(1, 3, 32, 32), "prune", sparsity=[0, 0.5],
                         progress=False)
 
 
@@ -181,7 +181,7 @@ def test_sparsity_forms_list_patterns_round_to():
 def test_importance_kinds(importance):
     model = randomize_bn(build_model("cifar_resnet20"))
     x = torch.randn(8, 3, 32, 32)
-    rep = shrink_channels(model, x[:1], method="prune", sparsity=0.5, importance=importance,
+    rep = shrink_channels(model, x[:1], "prune", sparsity=0.5, importance=importance,
                           data=(x, torch.randint(0, 10, (8,))), progress=False)
     assert all(r["after"] == _expected(r["before"], 0.5) for r in rep)
 
@@ -190,7 +190,7 @@ def test_bn_scale_after_folding_is_a_clear_error():
     model = randomize_bn(build_model("cifar_resnet20"))
     fold_batchnorm(model, torch.zeros(1, 3, 32, 32))
     with pytest.raises(OTCError, match="bn_scale"):
-        shrink_channels(model, torch.zeros(1, 3, 32, 32), method="prune", sparsity=0.5, importance="bn_scale", progress=False)
+        shrink_channels(model, torch.zeros(1, 3, 32, 32), "prune", sparsity=0.5, importance="bn_scale", progress=False)
 
 
 @pytest.mark.parametrize("opts", [{"solver": "sinkhorn", "reg": 0.05}, {"targets": "centroids"}, {"marginals": "importance"}])
@@ -199,7 +199,7 @@ def test_intrafusion_options_keep_counts(opts):
     model = randomize_bn(build_model("cifar_resnet20"))
     x = torch.randn(4, 3, 32, 32)
     fold_batchnorm(model, x[:1])
-    rep = shrink_channels(model, x[:1], method="intrafusion", sparsity=0.5, progress=False, **opts)
+    rep = shrink_channels(model, x[:1], "intrafusion", sparsity=0.5, progress=False, **opts)
     assert all(r["after"] == 8 * (r["before"] // 16) for r in rep)
     assert torch.isfinite(model(x)).all()
 
@@ -212,5 +212,5 @@ def test_user_factory_model(tmp_path, monkeypatch):
         "                         nn.Conv2d(width, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 4))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     model = build_model("mynet:build", {"width": 12})
-    rep = shrink_channels(model, torch.zeros(1, 3, 16, 16), method="intrafusion", sparsity=0.5, progress=False)
+    rep = shrink_channels(model, torch.zeros(1, 3, 16, 16), "intrafusion", sparsity=0.5, progress=False)
     assert sorted(r["after"] for r in rep) == [6, 6]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from otcompress.dtp.masks import TransportMasks
 
-from .conftest import ROOT, run_cli, write_recipe
+from .conftest import ROOT, interrupted_run, run_cli, write_recipe
 
 
 def test_mask_sums_to_k_and_stays_in_unit_interval_every_step():
@@ -101,7 +101,7 @@ def test_masking_through_bn_affine_equals_scaling_the_output():
 
     import torch.nn as nn
 
-    from otcompress.dtp.run import MaskedNet
+    from otcompress.dtp.learn import MaskedNet
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1),
@@ -224,14 +224,15 @@ def _weights(path):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
+    """Ctrl-C mid-stage (after mask epoch 1, after fine-tune epoch 1): exit 130, nothing written in place of
+    the output, and --resume gives the same weights as an uninterrupted run."""
     p = dtp_recipe(tmp_path, "sparsity = 0.5", stages_after=False)
     assert run_cli("run", p, "--out", tmp_path / "full", "--quiet").exit_code == 0
-    for stop in ("mask:1", "finetune:1"):
-        out = tmp_path / f"part-{stop.replace(':', '')}"
-        env = dict(os.environ, OTCOMPRESS_STOP_AFTER_EPOCH=stop)
-        r = subprocess.run([sys.executable, "-m", "otcompress.cli", "run", str(p), "--out", str(out), "--quiet"],
-                           env=env, capture_output=True, text=True)
-        assert r.returncode != 0 and not out.exists()
+    for stop, at_epoch in (("mask1", 2), ("finetune1", 4)):
+        out = tmp_path / f"part-{stop}"
+        r = interrupted_run(["run", p, "--out", out, "--quiet"], at_epoch)
+        assert r.returncode == 130 and not out.exists(), r.stderr[-2000:]
+        assert "interrupted" in r.stderr and "Traceback" not in r.stderr
         r = subprocess.run([sys.executable, "-m", "otcompress.cli", "run", str(p), "--out", str(out), "--quiet", "--resume"],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -246,10 +247,9 @@ def test_resume_from_an_incompatible_checkpoint_is_a_clear_error(tmp_path):
 
     p = dtp_recipe(tmp_path, "sparsity = 0.5", stages_after=False)
     out = tmp_path / "out"
-    env = dict(os.environ, OTCOMPRESS_STOP_AFTER_EPOCH="mask:1")
     cmd = [sys.executable, "-m", "otcompress.cli", "run", str(p), "--out", str(out), "--quiet"]
-    assert subprocess.run(cmd, env=env, capture_output=True).returncode != 0
-    ck = staging_path(out) / "checkpoints" / "dtp.pt"
+    assert interrupted_run(cmd[3:], 2).returncode == 130
+    ck = staging_path(out) / "checkpoints" / "stage0-dtp.pt"
     state = torch.load(ck, weights_only=False)
     state["model"]["masks.log_plan"] = state["model"].pop("masks.log_odds")  # as an older version wrote it
     torch.save(state, ck)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from otcompress.errors import OTCError
-from otcompress.exporters.onnx import export_onnx
-from otcompress.exporters.runners import OrtRunner, TorchRunner
-from otcompress.validation import compare, junit_xml, validate
-from otcompress.zoo import build_model
+from otcompress.exporters.onnx import OrtRunner, export_onnx
+from otcompress.exporters.pytorch import TorchRunner
+from otcompress.validation import Gate, compare, junit_xml, validate
+from otcompress.models import build_model
 
 from .conftest import CNN_ZOO, randomize_bn, run_cli
 
@@ -28,7 +28,7 @@ def test_every_zoo_model_exports_and_validates(arch, args, shape, tmp_path):
     assert [i["name"] for i in info["inputs"]] == ["input"] and [o["name"] for o in info["outputs"]] == ["logits"]
     assert info["inputs"][0]["shape"] == shape and info["opset"] == 18
     x = np.random.default_rng(0).standard_normal((3, *shape[1:])).astype(np.float32)
-    res = validate(TorchRunner(model, input_shape=shape), [OrtRunner(tmp_path / "m.onnx")], x, atol=1e-4, rtol=1e-3)
+    res = validate(TorchRunner(model, input_shape=shape), [OrtRunner(tmp_path / "m.onnx")], x, Gate(atol=1e-4, rtol=1e-3))
     assert res["passed"], res["checks"]
 
 
@@ -38,7 +38,7 @@ def test_dynamic_batch_and_both_exporters(exporter, tmp_path):
     info = export_onnx(model, torch.zeros(1, 3, 32, 32), tmp_path / "m.onnx", exporter=exporter, dynamic_batch=True, opset=17)
     assert isinstance(info["inputs"][0]["shape"][0], str)
     x = torch.randn(5, 3, 32, 32)
-    out = OrtRunner(tmp_path / "m.onnx").run(x.numpy())["logits"]
+    out = OrtRunner(tmp_path / "m.onnx").infer(x.numpy())["logits"]
     assert out.shape == (5, 10) and np.abs(out - model(x).detach().numpy()).max() < 1e-4
 
 
@@ -115,7 +115,7 @@ def test_truncated_and_mismatched_files_exit_2(artifact, tmp_path):
     assert res.exit_code == 2 and "expects" in res.output
     runner = OrtRunner(artifact / "model.onnx")
     with pytest.raises(OTCError, match="dtype"):
-        runner.run(np.zeros((1, 1, 8, 8), np.float64))
+        runner.infer(np.zeros((1, 1, 8, 8), np.float64))
 
 
 def test_tensorrt_stage_explains_or_skips(quickstart_copy, tmp_path):
@@ -143,7 +143,7 @@ def test_tensorrt_engine_build_and_validate(tmp_path):
     export_onnx(model, torch.zeros(1, 3, 32, 32, device="cuda"), tmp_path / "m.onnx")
     build_engine(tmp_path / "m.onnx", tmp_path / "m.plan")
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    res = validate(TorchRunner(model, device="cuda"), [TrtRunner(tmp_path / "m.plan")], x, atol=1e-3, rtol=1e-3)
+    res = validate(TorchRunner(model, device="cuda"), [TrtRunner(tmp_path / "m.plan")], x, Gate(atol=1e-3, rtol=1e-3))
     assert res["passed"]
 
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from otcompress.exporters.onnx import export_onnx
-from otcompress.fold_bn import fold_batchnorm
-from otcompress.zoo import build_model
+from otcompress.channels.fold_bn import fold_batchnorm
+from otcompress.models import build_model
 
 from .conftest import CNN_ZOO, randomize_bn
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from otcompress.exporters.onnx import export_onnx
-from otcompress.exporters.runners import OrtRunner
+from otcompress.exporters.onnx import OrtRunner
 from otcompress.tokens import merge as M
 from otcompress.tokens.patch import apply_token_reduction
-from otcompress.zoo import build_model
+from otcompress.models import build_model
 
 from .conftest import shared
 
@@ -169,7 +169,7 @@ def test_reduced_vit_exports_matches_and_is_trt_friendly(method, mode, tmp_path)
     apply_token_reduction(model, {"method": method, "keep": 0.75, "mode": mode})
     x = torch.randn(8, 3, 16, 16)
     export_onnx(model, x[:1], tmp_path / "m.onnx", opset=18)
-    out = OrtRunner(tmp_path / "m.onnx").run_batched(x.numpy())["logits"]
+    out = OrtRunner(tmp_path / "m.onnx").infer_batched(x.numpy())["logits"]
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.abs(out - ref).max() <= 1e-4
@@ -228,7 +228,7 @@ def test_an_attention_mask_is_refused_with_a_clear_error():
 
 
 def test_real_vit_tiny_checkpoint_loads_strictly_and_reduces():
-    from otcompress.checkpoint import load_weights, read_state_dict
+    from otcompress.models.checkpoint import load_weights, read_state_dict
 
     path = shared("models/vit_tiny_p2.safetensors")
     model = build_model("vit", dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3, num_classes=10))

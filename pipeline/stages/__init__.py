@@ -1,12 +1,19 @@
-"""The stage registry: recipe kind -> Stage."""
+"""The stage registry: recipe kind -> Stage. A plugin adds a stage with STAGES.register(kind, instance)."""
 
+from ..registry import Registry
 from .base import Stage
-from .channels import IntraFusion, Prune
-from .dtp import DTP
-from .export import ExportONNX, ExportTensorRT
-from .finetune import Finetune
-from .fold_bn import FoldBN
-from .tokens import Tokens
-from .validate import Validate
 
-STAGES: dict[str, Stage] = {s.kind: s for s in (FoldBN(), Prune(), IntraFusion(), DTP(), Finetune(), Tokens(), ExportONNX(), ExportTensorRT(), Validate())}
+STAGES = Registry("stage kind")
+
+from .channels import IntraFusion, Prune  # noqa: E402
+from .dtp import DTP  # noqa: E402
+from .export import ExportONNX, ExportTensorRT  # noqa: E402
+from .finetune import Finetune  # noqa: E402
+from .fold_bn import FoldBN  # noqa: E402
+from .tokens import Tokens  # noqa: E402
+from .validate import Validate  # noqa: E402
+
+for _s in (FoldBN(), Prune(), IntraFusion(), DTP(), Finetune(), Tokens(), ExportONNX(), ExportTensorRT(), Validate()):
+    STAGES.register(_s.kind, _s)
+
+__all__ = ["STAGES", "Stage"]

@@ -1,9 +1,27 @@
-"""The one interface every stage implements (as Polygraphy does for its tools): a schema, the needs it
-checks before anything runs, and apply(ctx, params) -> details for the report."""
+"""The one interface every stage implements (as Polygraphy does for its tools): a schema, a contract (the
+facts it needs from the recipe and the stages before it, the facts it provides), value checks made before
+anything runs, and apply(ctx, params) -> details for the report.
+
+Facts: `data.train`, `data.eval`, `data.calib` (the recipe's [data]); `model.vit` (the built model has a
+token adapter; checked once it is built, still before any stage runs); `folded`, `shrunk`, `tokens`,
+`onnx`, `tensorrt` (provided by stages)."""
 
 from __future__ import annotations
 
-from ..schema import Field
+from ..recipe.schema import Field
+
+FACTS = {
+    "data.train": "[data].train (labelled training images)",
+    "data.eval": "[data].eval",
+    "data.calib": "[data].calib (calibration images; [data].train or .eval also serve)",
+    "data.any": "[data].train or [data].eval",
+    "model.vit": "a ViT the tokens stage has an adapter for",
+    "folded": "a fold_bn stage before it",
+    "shrunk": "a channel stage (prune, intrafusion or dtp) before it",
+    "tokens": "a tokens stage before it",
+    "onnx": "an export_onnx stage before it",
+    "tensorrt": "an export_tensorrt stage before it",
+}
 
 
 class Stage:
@@ -12,7 +30,21 @@ class Stage:
     changes_model: bool = True
     trains: bool = False  # under torchrun, ranks other than 0 stop after a training stage
 
-    def needs(self, params: dict, model: dict, data: dict | None) -> list[str]:
+    def needs(self, params: dict) -> dict[str, str]:
+        """Facts that must hold before this stage (alternatives joined by '|'), each with the reason ("" if
+        the stage's kind says it all)."""
+        return {}
+
+    def provides(self, params: dict) -> set[str]:
+        return set()
+
+    def conflicts(self, params: dict) -> set[str]:
+        """Facts that must not hold yet (e.g. a second tokens stage)."""
+        return set()
+
+    def check(self, params: dict, model: dict, data: dict | None, facts: dict) -> list[str]:
+        """Value checks that need more than one key, or earlier stages' settings (`facts` maps each fact
+        provided so far to the params of the stage that provided it)."""
         return []
 
     def apply(self, ctx, params: dict) -> dict:

@@ -1,8 +1,11 @@
-"""Stages `prune` and `intrafusion`: shrink CNN channel groups physically."""
+"""Stages `prune` and `intrafusion`: shrink CNN channel groups physically, with a keep strategy each
+(magnitude top-k, or optimal-transport fusion)."""
 
-from ..schema import Field
-from ..shrink import shrink_channels
-from ..sparsity import check_sparsity
+from ..channels.allocation import check_sparsity
+from ..channels.fusion import FUSIONS
+from ..channels.importance import IMPORTANCE
+from ..channels.shrink import STRATEGIES, shrink_channels
+from ..recipe.schema import Field
 from .base import Stage
 
 
@@ -16,7 +19,7 @@ COMMON = {
                       help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
     "round_to": Field((int,), default=1, lo=1, help="a positive integer (kept counts are multiples of it)"),
     "exclude": Field((list,), default=[], check=_patterns),
-    "importance": Field((str,), default="l1", choices=("l1", "l2", "taylor", "bn_scale")),
+    "importance": Field((str,), default="l1", choices=IMPORTANCE),
     "scope": Field((str,), choices=("all", "internal"),
                    help="'all' or 'internal' (block-internal channels only; the default for option-A ResNets)"),
 }
@@ -25,34 +28,35 @@ COMMON = {
 class Prune(Stage):
     kind = "prune"
     fields = COMMON
-    method = "prune"
+    strategy_keys: tuple = ()
 
-    def needs(self, params, model, data):
-        if params["importance"] == "taylor" and not (data and (data.get("eval") or data.get("train"))):
-            return ["importance = 'taylor' needs [data].eval or [data].train"]
-        return []
+    def needs(self, params):
+        imp = params["importance"]
+        return {"data.any": f"importance = {imp!r} reads data"} if IMPORTANCE[imp].needs_data else {}
+
+    def provides(self, params):
+        return {"shrunk"}
 
     def apply(self, ctx, params):
         data = None
-        if params["importance"] == "taylor":
+        if IMPORTANCE[params["importance"]].needs_data:
             ds = ctx.dataset("train") or ctx.dataset("eval")
             idx = slice(0, min(len(ds), 256))
             data = (ctx.normalise(ds, idx), ds.y[idx] if ds.y is not None else None)
-        extra = {k: params[k] for k in ("fusion", "solver", "reg", "targets", "marginals") if k in params}
-        groups = shrink_channels(ctx.model, ctx.example, method=self.method, sparsity=params["sparsity"],
-                                 round_to=params["round_to"], exclude=params["exclude"], importance=params["importance"],
-                                 scope=params["scope"], data=data, progress=ctx.progress, **extra)
+        keep = STRATEGIES[self.kind](importance=params["importance"], **{k: params[k] for k in self.strategy_keys})
+        groups = shrink_channels(ctx.model, ctx.example, keep, sparsity=params["sparsity"], round_to=params["round_to"],
+                                 exclude=params["exclude"], scope=params["scope"], data=data, progress=ctx.progress)
         return {"groups": groups}
 
 
 class IntraFusion(Prune):
     kind = "intrafusion"
-    method = "intrafusion"
+    strategy_keys = ("fusion", "solver", "reg", "targets", "marginals")
     fields = {
         **COMMON,
         "solver": Field((str,), default="emd", choices=("emd", "sinkhorn")),
         "reg": Field((float,), default=0.01, lo=1e-6, help="a positive number (Sinkhorn entropic regularisation)"),
         "targets": Field((str,), default="top", choices=("top", "centroids")),
         "marginals": Field((str,), default="uniform", choices=("uniform", "importance")),
-        "fusion": Field((str,), default="exact", choices=("exact", "reference")),
+        "fusion": Field((str,), default="exact", choices=FUSIONS),
     }

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..schema import Field
-from ..sparsity import check_sparsity
+from ..channels.allocation import check_sparsity
+from ..recipe.schema import Field
 from .base import Stage
 from .channels import COMMON
 
@@ -39,10 +39,14 @@ class DTP(Stage):
                               "small operators fuse into a few kernels)"),
     }
 
-    def needs(self, params, model, data):
+    def needs(self, params):
+        return {"data.train": "dtp trains"}
+
+    def provides(self, params):
+        return {"shrunk"}
+
+    def check(self, params, model, data, facts):
         errs = []
-        if not data or not data.get("train"):
-            errs.append("dtp trains: it needs [data].train (an .npz file or an ImageFolder)")
         if (params["sparsity"] is None) == (params["flops"] is None):
             errs.append("give exactly one of sparsity (per-group keep ratios) or flops (fraction of FLOPs to keep)")
         if params["device"] == "cuda" and not torch.cuda.is_available():
@@ -50,6 +54,6 @@ class DTP(Stage):
         return errs
 
     def apply(self, ctx, params):
-        from ..dtp.run import run_dtp
+        from ..dtp.learn import run_dtp
 
         return run_dtp(ctx, params)

@@ -1,6 +1,7 @@
 """Stages `export_onnx` and `export_tensorrt`."""
 
-from ..schema import Field
+from ..context import Export
+from ..recipe.schema import Field
 from .base import Stage
 
 
@@ -13,12 +14,16 @@ class ExportONNX(Stage):
         "dynamic_batch": Field((bool,), default=False),
     }
 
+    def provides(self, params):
+        return {"onnx"}
+
     def apply(self, ctx, params):
         from otcompress.exporters.onnx import export_onnx
 
-        info = export_onnx(ctx.model, ctx.example, ctx.out / "model.onnx", opset=params["opset"],
-                           exporter=params["exporter"], dynamic_batch=params["dynamic_batch"])
-        ctx.files["onnx"] = "model.onnx"
+        path = ctx.out / "model.onnx"
+        info = export_onnx(ctx.model, ctx.example, path, opset=params["opset"], exporter=params["exporter"],
+                           dynamic_batch=params["dynamic_batch"])
+        ctx.exports["onnxruntime"] = Export("onnxruntime", path, dynamic_batch=params["dynamic_batch"])
         return info
 
 
@@ -28,23 +33,34 @@ class ExportTensorRT(Stage):
     fields = {
         "precision": Field((str,), default="fp32", choices=("fp32", "fp16")),
         "workspace_gb": Field((float,), default=4.0, lo=0.0625, help="a positive number of GiB"),
-        "dynamic_batch": Field((bool,), default=False),
+        "dynamic_batch": Field((bool,), help="true or false; must agree with export_onnx's (the engine's batch "
+                                             "dimension follows the ONNX model's; default: the same)"),
         "optional": Field((bool,), default=False, help="true to skip (not fail) where TensorRT is not installed"),
     }
 
+    def needs(self, params):
+        return {"onnx": "TensorRT builds its engine from the ONNX model"}
+
+    def provides(self, params):
+        return {"tensorrt"}
+
+    def check(self, params, model, data, facts):
+        onnx_dyn = (facts.get("onnx") or {}).get("dynamic_batch", False)
+        if params["dynamic_batch"] is not None and params["dynamic_batch"] != onnx_dyn:
+            return [f"dynamic_batch = {str(params['dynamic_batch']).lower()} disagrees with the export_onnx stage's "
+                    f"dynamic_batch = {str(onnx_dyn).lower()}: the engine follows the ONNX model's batch dimension"]
+        return []
+
     def apply(self, ctx, params):
-        from otcompress.errors import OTCError
         from otcompress.exporters.tensorrt import TensorRTUnavailable, build_engine
 
-        if "onnx" not in ctx.files:
-            raise OTCError("export_tensorrt needs an export_onnx stage before it")
+        path = ctx.out / "model.plan"
         try:
-            info = build_engine(ctx.out / "model.onnx", ctx.out / "model.plan", precision=params["precision"],
-                                workspace_gb=params["workspace_gb"], dynamic_batch=params["dynamic_batch"])
+            info = build_engine(ctx.exports["onnxruntime"].path, path, precision=params["precision"],
+                                workspace_gb=params["workspace_gb"])
         except TensorRTUnavailable as e:
             if params["optional"]:
                 return {"skipped": True, "reason": str(e)}
             raise
-        ctx.files["tensorrt"] = "model.plan"
-        ctx.meta["tensorrt_precision"] = params["precision"]
+        ctx.exports["tensorrt"] = Export("tensorrt", path, precision=info["precision"], dynamic_batch=info["dynamic_batch"])
         return info

@@ -1,7 +1,7 @@
 """Stage `finetune`: train the current (pruned or fused) model on [data].train, e.g. to compare plain
 pruning or Intra-Fusion with DTP at the same training budget. Same loop, DDP and checkpoints as dtp."""
 
-from ..schema import Field
+from ..recipe.schema import Field
 from .base import Stage
 from .dtp import DTP
 
@@ -13,20 +13,20 @@ class Finetune(Stage):
     trains = True
     fields = {"epochs": Field((int,), default=10, lo=1), **{k: DTP.fields[k] for k in TRAIN_KEYS}}
 
-    def needs(self, params, model, data):
-        return [] if data and data.get("train") else ["finetune trains: it needs [data].train"]
+    def needs(self, params):
+        return {"data.train": "finetune trains", "shrunk|tokens": "it fine-tunes a compressed model"}
 
     def apply(self, ctx, params):
         import torch
 
-        from ..dtp.run import Checkpoints, finetune, make_wrap, training_data
+        from ..dtp.learn import Checkpoints, finetune, make_wrap, training_data
         from ..dtp.train import dist_info, maybe_init_distributed, resolve_device
 
         device = resolve_device(params["device"])
         distributed = maybe_init_distributed(device)
         torch.manual_seed(params["seed"])
         data, evalset = training_data(ctx)
-        ckpt = Checkpoints(ctx.ckpt_dir)
+        ckpt = Checkpoints(ctx.checkpoint(self.kind))
         state = ckpt.load() if ctx.resume else None
         if state is not None and state.get("phase") != "finetune":
             state = None

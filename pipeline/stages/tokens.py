@@ -1,7 +1,8 @@
-"""Stage `tokens`: static-ratio token reduction (ToMe / PiToMe / OTPrune) in every transformer block."""
+"""Stage `tokens`: static-ratio token reduction (ToMe / PiToMe / OTPrune, or any registered method) in
+every transformer block, through the model family's adapter."""
 
-from ..errors import OTCError
-from ..schema import Field
+from ..recipe.schema import Field
+from ..tokens.merge import METHODS
 from .base import Stage
 
 
@@ -19,19 +20,32 @@ def _blocks(v):
 
 class Tokens(Stage):
     kind = "tokens"
-    fields = {
-        "method": Field((str,), required=True, choices=("tome", "pitome", "otprune")),
+    base_fields = {
+        "method": Field((str,), required=True, choices=METHODS),
         "keep": Field((float, list), check=_keep, help="a fraction in [0.5, 1] kept per block, or a per-block list"),
         "r": Field((int,), lo=0, help="tokens removed per block (ToMe's r)"),
         "prop_attn": Field((bool,), default=True),
-        "margin": Field((float,), default=0.9, lo=0.0, hi=1.0, help="PiToMe's m0 (margin m_l = m0 - m0*l/L)"),
-        "alpha": Field((float,), default=1.0, lo=0.0),
-        "gamma": Field((float,), default=0.01, lo=0.0, hi_open=False, help="OTPrune kernel scale (K = I + gamma*S*S^T)"),
-        "mode": Field((str,), default="drop", choices=("drop", "merge")),
-        "blocks": Field((list,), check=_blocks, help="a list of block indices that reduce (default all)"),
+        "blocks": Field((list,), check=_blocks, help="a list of block indices that reduce (default all; [] none)"),
     }
 
-    def needs(self, params, model, data):
+    @property
+    def fields(self):
+        """The common keys plus every registered method's own (a plugin's method brings its keys along)."""
+        out = dict(self.base_fields)
+        for _, m in METHODS.items():
+            out.update(m.fields)
+        return out
+
+    def needs(self, params):
+        return {"model.vit": ""}
+
+    def provides(self, params):
+        return {"tokens"}
+
+    def conflicts(self, params):
+        return {"tokens"}
+
+    def check(self, params, model, data, facts):
         if (params["keep"] is None) == (params["r"] is None):
             return ["give exactly one of keep (fraction kept per block) or r (tokens removed per block)"]
         return []
@@ -39,8 +53,6 @@ class Tokens(Stage):
     def apply(self, ctx, params):
         from ..tokens.patch import apply_token_reduction
 
-        if ctx.meta.get("tokens"):
-            raise OTCError("the model already has a tokens stage; use one per recipe")
         plan = apply_token_reduction(ctx.model, params)
-        ctx.meta["tokens"] = dict(params)
+        ctx.tokens = dict(params)
         return plan

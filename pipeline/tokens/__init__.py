@@ -1,1 +1,3 @@
-"""Static-ratio token reduction for ViTs: ToMe, PiToMe and OTPrune with size tracking and proportional attention."""
+"""Static-ratio token reduction for ViTs: ToMe, PiToMe and OTPrune (merge.py) with size tracking and
+proportional attention, patched into a model's blocks (patch.py) through one adapter per family
+(adapters/)."""

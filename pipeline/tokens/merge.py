@@ -9,8 +9,14 @@ pairwise comparisons), no scatter (scatter_reduce(mean) exports silently wrong),
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from ..recipe.schema import Field
+from ..registry import Registry
 
 
 def ranks_desc(v: torch.Tensor) -> torch.Tensor:
@@ -123,3 +129,28 @@ def otprune(metric: torch.Tensor, k: int, gamma: float = 0.01, mode: str = "drop
     if mode == "drop":
         return torch.where(kept, slot, torch.full_like(slot, -1))
     return torch.where(kept, slot, slot.gather(1, _best(_cosine(metric), kept)))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A token-reduction method: `plan(metric, r, cfg, layer, depth)` -> dest (B, N), each token's output slot
+    (-1: dropped, only where `drops(cfg)`), with N - r slots. `fields`: the recipe keys it reads (added to
+    the tokens stage's schema)."""
+
+    plan: Callable[..., torch.Tensor]
+    drops: Callable[[dict], bool] = lambda cfg: False
+    fields: dict = field(default_factory=dict)
+
+
+METHODS = Registry("token method")
+METHODS.register("tome", Method(lambda metric, r, cfg, layer, depth: tome(metric, r)))
+METHODS.register("pitome", Method(
+    lambda metric, r, cfg, layer, depth: pitome(metric, r, margin=cfg["margin"] - cfg["margin"] * layer / depth,
+                                                alpha=cfg["alpha"]),
+    fields={"margin": Field((float,), default=0.9, lo=0.0, hi=1.0, help="PiToMe's m0 (margin m_l = m0 - m0*l/L)"),
+            "alpha": Field((float,), default=1.0, lo=0.0)}))
+METHODS.register("otprune", Method(
+    lambda metric, r, cfg, layer, depth: otprune(metric, metric.shape[1] - r, gamma=cfg["gamma"], mode=cfg["mode"]),
+    drops=lambda cfg: cfg["mode"] == "drop",
+    fields={"gamma": Field((float,), default=0.01, lo=0.0, help="OTPrune kernel scale (K = I + gamma*S*S^T)"),
+            "mode": Field((str,), default="drop", choices=("drop", "merge"))}))

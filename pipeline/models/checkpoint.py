@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import OTCError
+from ..errors import OTCError
 
 TORCH_SUFFIXES = {".pt", ".pth", ".th", ".bin", ".ckpt"}
 

@@ -12,8 +12,11 @@ import numpy as np
 import ot
 import torch
 
+from ..registry import Registry
 from .groups import Group, Slice
 from .importance import channel_values
+
+FUSIONS = Registry("fusion variant")
 
 
 def group_features(g: Group) -> torch.Tensor:
@@ -69,13 +72,24 @@ def transport_plan(features: torch.Tensor, importance: torch.Tensor, m: int, *, 
     return torch.from_numpy(np.asarray(P)), slots
 
 
-def fusion_maps(P: torch.Tensor, fusion: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
-    """(T_out, T_in), each m x n: producers/norms use T_out, consumers T_in."""
+@FUSIONS.register("exact")
+def exact_maps(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Function-preserving: producers average their sources (P / b), consumers sum them (P / a)."""
     a = P.sum(1).clamp_min(1e-300)
     b = P.sum(0).clamp_min(1e-300)
-    t_in = (P / a[:, None]).T
-    t_out = (P / b[None, :]).T if fusion == "exact" else t_in
-    return t_out, t_in
+    return (P / b[None, :]).T, (P / a[:, None]).T
+
+
+@FUSIONS.register("reference")
+def reference_maps(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference code's maps: P / a on both sides, so producers are summed (n/m times too large)."""
+    t_in = (P / P.sum(1).clamp_min(1e-300)[:, None]).T
+    return t_in, t_in
+
+
+def fusion_maps(P: torch.Tensor, fusion: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+    """(T_out, T_in), each m x n: producers/norms use T_out, consumers T_in."""
+    return FUSIONS[fusion](P)
 
 
 def _write(s: Slice, t: torch.Tensor, T: torch.Tensor, slots: torch.Tensor) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .errors import OTCError
+from ..errors import OTCError
 
 CONV = nn.modules.conv._ConvNd
 NORM = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)

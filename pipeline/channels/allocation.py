@@ -5,7 +5,7 @@ groups are left alone)."""
 
 from __future__ import annotations
 
-from .errors import OTCError
+from ..errors import OTCError
 from .groups import Group
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .serialize import set_submodule
+from ..serialize import set_submodule
 
 
 def _trace_edges(model: nn.Module, example: torch.Tensor):

@@ -4,12 +4,10 @@ the bad value and what is allowed, and near-miss keys get a "did you mean" hint.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import OTCError
-
-REQUIRED = object()
+from ..errors import OTCError
 
 
 @dataclass
@@ -17,7 +15,7 @@ class Field:
     types: tuple
     default: Any = None
     required: bool = False
-    choices: tuple | None = None
+    choices: tuple | None = None  # or a Registry: its names at check time (plugins add entries)
     lo: float | None = None  # inclusive lower bound
     hi: float | None = None  # inclusive upper bound
     hi_open: bool = False  # upper bound exclusive
@@ -87,9 +85,3 @@ def check_value(value: Any, f: Field, where: str, path: str) -> Any:
         if msg:
             fail(where, path, f"got {value!r}; {msg}")
     return value
-
-
-@dataclass
-class StageSpec:
-    kind: str
-    fields: dict[str, Field] = field(default_factory=dict)

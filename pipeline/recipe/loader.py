@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import re
+import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import OTCError
+from ..errors import OTCError
 from .schema import Field, check_table, fail
 
 
@@ -24,13 +26,19 @@ def _floats_check(v):
         return "expected a non-empty list of numbers, one per input channel"
 
 
+def _modules_check(v):
+    if not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z_][\w.]*", m) for m in v):
+        return "expected a list of importable module names such as [\"my_plugins\"]"
+
+
 def _name_check(v):
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
         return "expected letters, digits, '.', '_' or '-' (it names the output folder)"
 
 
 MODEL_SPEC = {
-    "arch": Field((str,), required=True, help="a built-in model name or 'package.module:factory'"),
+    "arch": Field((str,), required=True, help="a built-in model name, 'torchvision:NAME', 'timm:NAME', 'hf:DIR' or "
+                                              "'package.module:factory'"),
     "args": Field((dict,), default={}, help="a table of keyword arguments for the factory"),
     "checkpoint": Field((str,), help="a path to a .safetensors/.pt/.pth/.th file"),
     "input_shape": Field((list,), required=True, check=_shape_check, help="a list such as [1, 3, 32, 32]"),
@@ -38,6 +46,7 @@ MODEL_SPEC = {
 DATA_SPEC = {
     "eval": Field((str,), help="a .npz file or an ImageFolder directory (or .tar/.tar.gz of one)"),
     "train": Field((str,), help="a .npz file or an ImageFolder directory (or .tar/.tar.gz of one)"),
+    "calib": Field((str,), help="a .npz file or an ImageFolder directory (or .tar/.tar.gz of one); labels ignored"),
     "mean": Field((list,), check=_floats_check),
     "std": Field((list,), check=_floats_check),
     "limit": Field((int,), lo=1, help="a positive integer (cap on evaluated samples)"),
@@ -49,7 +58,10 @@ TOP_SPEC = {
     "model": Field((dict,), required=True),
     "data": Field((dict,)),
     "stages": Field((list,), required=True),
+    "plugins": Field((list,), default=[], check=_modules_check,
+                     help="a list of module names imported first (they register stages, methods, criteria, backends)"),
 }
+DATA_KEYS = ("eval", "train", "calib")
 
 
 @dataclass
@@ -60,7 +72,28 @@ class Recipe:
     data: dict | None
     stages: list[dict]
     sha256: str
-    raw: dict
+    model_needs: list[tuple[int, str]] = field(default_factory=list)  # facts about the built model, checked once it is
+
+
+def data_facts(data: dict | None) -> set[str]:
+    d = data or {}
+    facts = {f"data.{k}" for k in DATA_KEYS if d.get(k)}
+    if d.get("train") or d.get("eval"):
+        facts |= {"data.any", "data.calib"}
+    return facts
+
+
+def import_plugins(modules: list[str], base: Path, where: str) -> None:
+    """Plugins register their entries on import; a module beside the recipe is found too."""
+    sys.path.insert(0, str(base))
+    try:
+        for i, name in enumerate(modules):
+            try:
+                importlib.import_module(name)
+            except Exception as e:
+                fail(where, f"plugins[{i}]", f"cannot import {name!r}: {type(e).__name__}: {e}")
+    finally:
+        sys.path.remove(str(base))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -101,8 +134,15 @@ def _resolve(base: Path, p: str | None) -> str | None:
     return str(q if q.is_absolute() else (base / q).resolve())
 
 
+def _resolve_arch(base: Path, arch: str) -> str:
+    """`hf:DIR` names a directory: relative to the recipe, like every other path."""
+    prefix, sep, rest = arch.partition(":")
+    return f"hf:{_resolve(base, rest)}" if sep and prefix == "hf" else arch
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    from .stages import STAGES  # stage schemas live next to the stages
+    from ..stages import STAGES  # stage schemas live next to the stages
+    from ..stages.base import FACTS
 
     path = Path(path)
     where = str(path)
@@ -118,14 +158,16 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         apply_override(raw, keys, value, o)
 
     top = check_table(raw, TOP_SPEC, where, "")
+    base = path.resolve().parent
+    import_plugins(top["plugins"], base, where)
     model = check_table(top["model"], MODEL_SPEC, where, "model")
     data = check_table(top["data"], DATA_SPEC, where, "data") if top["data"] is not None else None
-    base = path.resolve().parent
     model["checkpoint"] = _resolve(base, model["checkpoint"])
+    model["arch"] = _resolve_arch(base, model["arch"])
     if model["checkpoint"] and not Path(model["checkpoint"]).is_file():
         fail(where, "model.checkpoint", f"file not found: {model['checkpoint']}")
     if data is not None:
-        for key in ("eval", "train"):
+        for key in DATA_KEYS:
             data[key] = _resolve(base, data[key])
             if data[key] and not Path(data[key]).exists():
                 fail(where, f"data.{key}", f"not found: {data[key]}")
@@ -136,7 +178,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
     if not top["stages"]:
         fail(where, "stages", "expected at least one [[stages]] table")
-    stages = []
+    stages, facts, model_needs = [], {f: None for f in data_facts(data)}, []
     for i, st in enumerate(top["stages"]):
         spath = f"stages[{i}]"
         if not isinstance(st, dict):
@@ -150,8 +192,25 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             fail(where, f"{spath}.kind", f"unknown stage kind {kind!r}{extra} (known: {', '.join(sorted(STAGES))})")
         stage = STAGES[kind]
         params = check_table({k: v for k, v in st.items() if k != "kind"}, stage.fields, where, spath)
-        for msg in stage.needs(params, model, data):
+        for need, why in sorted(stage.needs(params).items()):
+            alts = need.split("|")
+            if any(a in facts for a in alts):
+                continue
+            if all(a.startswith("model.") for a in alts):
+                model_needs.append((i, need))
+                continue
+            fail(where, spath, f"{kind} needs {' or '.join(FACTS[a] for a in alts)}" + (f": {why}" if why else ""))
+        for c in sorted(stage.conflicts(params)):
+            if c in facts:
+                fail(where, spath, f"{kind} cannot come after {FACTS[c]}")
+        exported = [f for f in ("onnx", "tensorrt") if f in facts]
+        if stage.changes_model and exported:
+            fail(where, spath, f"{kind} changes the model after it was exported ({', '.join(exported)}): "
+                               "put the export stages after every stage that changes the model")
+        for msg in stage.check(params, model, data, facts):
             fail(where, spath, msg)
+        facts.update({f: params for f in stage.provides(params)})
         stages.append({"kind": kind, **params})
     sha = hashlib.sha256(text + "\n".join(overrides).encode()).hexdigest()
-    return Recipe(path=path.resolve(), name=top["name"], model=model, data=data, stages=stages, sha256=sha, raw=raw)
+    return Recipe(path=path.resolve(), name=top["name"], model=model, data=data, stages=stages, sha256=sha,
+                  model_needs=model_needs)

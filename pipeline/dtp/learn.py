@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from ..channels.allocation import kept_count, ratios_for
+from ..channels.flops import FlopsModel
+from ..channels.groups import Group, GroupGraph, is_depthwise
+from ..channels.importance import criterion
+from ..channels.shrink import Given, shrink_channels
 from ..errors import OTCError
-from ..groups import Group, GroupGraph, is_depthwise
-from ..importance import group_importance
-from ..shrink import shrink_channels
-from ..sparsity import kept_count, ratios_for
-from .budget import FlopsModel
 from .masks import TransportMasks
 from .train import cosine, dist_info, evaluate, maybe_init_distributed, resolve_device, train_epoch
 
@@ -44,8 +44,10 @@ def fold_mask(module: nn.Module, m: torch.Tensor) -> None:
 
 
 class Checkpoints:
-    def __init__(self, folder: Path):
-        self.path = folder / "checkpoints" / "dtp.pt"
+    """One training stage's checkpoint file (the stage's own: stages never share one)."""
+
+    def __init__(self, path: Path):
+        self.path = path
 
     def load(self):
         return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.exists() else None
@@ -85,8 +87,6 @@ def finetune(model, ctx, p, epochs, data, evalset, device, ckpt, state, history,
             tqdm.write(f"{desc} epoch {ep + 1}: loss {loss:.4f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
         ckpt.save({"phase": "finetune", "epoch": ep + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                    "sched": sched.state_dict(), "history": history, **extra_state})
-        if os.environ.get("OTCOMPRESS_STOP_AFTER_EPOCH") == f"finetune:{ep + 1}":
-            raise KeyboardInterrupt("stopped by OTCOMPRESS_STOP_AFTER_EPOCH (test hook)")
     return history
 
 
@@ -185,7 +185,7 @@ def run_dtp(ctx, p: dict) -> dict:
     torch.manual_seed(p["seed"])
     model = ctx.model.train()
     data, (ex, ey) = training_data(ctx)
-    ckpt = Checkpoints(ctx.ckpt_dir)
+    ckpt = Checkpoints(ctx.checkpoint("dtp"))
     state = ckpt.load() if ctx.resume else None
 
     graph = GroupGraph(model.eval(), ctx.example, exclude=p["exclude"], scope=p["scope"])
@@ -202,8 +202,9 @@ def run_dtp(ctx, p: dict) -> dict:
         keeps = [kept_count(g.n, r, p["round_to"]) / g.n for g, r in zip(groups, ratios)]
     if not sel:
         raise OTCError("dtp: no group would shrink at this sparsity")
+    imp = criterion(p["importance"])
     masks = TransportMasks([groups[i].n for i in sel], [keeps[i] for i in sel],
-                           [group_importance(groups[i], p["importance"]) for i in sel], p["eps"])  # sinkhorn_iters: no effect
+                           [imp(groups[i]) for i in sel], p["eps"])  # sinkhorn_iters: no effect
     theta = nn.Parameter(torch.logit(torch.tensor([keeps[i] for i in sel], dtype=torch.float64)).float()) if budget else None
     history = []
 
@@ -264,8 +265,6 @@ def run_dtp(ctx, p: dict) -> dict:
                            f"flops {history[-1]['flops']:.3f}" + (f" eval acc {acc:.4f}" if acc is not None else ""))
             ckpt.save({"phase": "mask", "epoch": ep + 1, "model": masked.state_dict(), "opt": opt.state_dict(),
                        "sched": sched.state_dict(), "history": history})
-            if os.environ.get("OTCOMPRESS_STOP_AFTER_EPOCH") == f"mask:{ep + 1}":
-                raise KeyboardInterrupt("stopped by OTCOMPRESS_STOP_AFTER_EPOCH (test hook)")
         for h in hooks:
             h.remove()
         masked.cpu().eval()
@@ -279,8 +278,7 @@ def run_dtp(ctx, p: dict) -> dict:
     # ---- hard masks -------------------------------------------------------------------------
     if phase_done:
         keep = {k: torch.tensor(v) for k, v in state["keep"].items()}
-        shrink_channels(model, ctx.example, method="prune", sparsity=0.0, exclude=p["exclude"], scope=p["scope"],
-                        keep_override=keep, progress=False)
+        shrink_channels(model, ctx.example, Given(keep), exclude=p["exclude"], scope=p["scope"], progress=False)
         history = state["history"]
     else:
         if budget:
@@ -294,8 +292,7 @@ def run_dtp(ctx, p: dict) -> dict:
             for pt in mask_points(model, groups[i]):
                 fold_mask(pt, m)
             keep[groups[i].root] = kept
-        shrink_channels(model, ctx.example, method="prune", sparsity=0.0, exclude=p["exclude"], scope=p["scope"],
-                        keep_override=keep, progress=False)
+        shrink_channels(model, ctx.example, Given(keep), exclude=p["exclude"], scope=p["scope"], progress=False)
 
     # ---- phase 2: fine-tuning ---------------------------------------------------------------
     extra_state = {"keep": {k: v.tolist() for k, v in keep.items()}}

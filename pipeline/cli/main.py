@@ -1,20 +1,42 @@
-"""The `otcompress` command: run, load, inspect, validate, bench, doctor."""
+"""The `otcompress` command: run, load, inspect, validate, bench, doctor, sweep. Every expected failure
+ends in one line and a documented exit code; an unexpected one in one line naming the stage (and layer)
+and the file holding the full traceback."""
 
 from __future__ import annotations
 
 import functools
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import OTCError
-from .validation import ERROR_STATS
+from .. import __version__
+from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, OTCError
+from ..validation import ERROR_STATS
+from ..where import StageFailed
+
+EXIT_INTERRUPTED = 130
+EXIT_CODES = f"""Exit codes: 0 success; 1 a validation check failed (artifacts kept); {EXIT_BAD_INPUT} bad usage or
+input (a recipe key, file, layer or value, named in the message); {EXIT_INTERNAL} an internal error (the message names
+the stage and layer, and the file with the full traceback); {EXIT_INTERRUPTED} interrupted (Ctrl-C: the previous
+result is intact; `run --resume` continues a training stage)."""
+
+
+def _write_traceback(exc: BaseException, folder: Path | None) -> Path:
+    text = "".join(traceback.format_exception(exc))
+    if folder is not None and folder.is_dir():
+        path = folder / "error.log"
+    else:
+        path = Path(tempfile.gettempdir()) / f"otcompress-error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path.write_text(text)
+    return path
 
 
 def friendly(fn):
-    """Bad input exits 2 and a failed check exits 1, each with one clear line instead of a traceback."""
+    """Expected failures exit with their code and one clear line; nothing ends in a raw traceback."""
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
@@ -23,11 +45,26 @@ def friendly(fn):
         except OTCError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was replaced (the previous result, if any, is intact); "
+                       "`otcompress run --resume` continues an interrupted training stage", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except StageFailed as e:
+            log = _write_traceback(e.error, e.log_dir)
+            click.echo(f"internal error in {e} — full traceback in {log}", err=True)
+            sys.exit(EXIT_INTERNAL)
+        except click.exceptions.Exit:
+            raise
+        except Exception as e:  # a bug of ours: one line and the traceback's location
+            log = _write_traceback(e, None)
+            click.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} — full "
+                       f"traceback in {log}", err=True)
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="otcompress")
 def main():
     """Compress a trained PyTorch model by a recipe, export it to ONNX/TensorRT and validate it."""
@@ -43,38 +80,40 @@ def main():
 @friendly
 def run(recipe, out, force, resume, overrides, quiet):
     """Run RECIPE's stages and write compressed.safetensors, model.onnx, report.json and report.md."""
-    from .recipe import load_recipe
-    from .runner import run_recipe
+    from ..compress import run_recipe
+    from ..recipe import load_recipe
 
     r = load_recipe(recipe, overrides)
     report = run_recipe(r, out, force=force, resume=resume, progress=not quiet)
-    if not report["validation"].get("passed", True):
+    if report["validation"].get("passed") is False:
         click.echo(f"error: validation failed; artifacts kept in {report['out']} for inspection", err=True)
         sys.exit(1)
 
 
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--input", "input_npz", type=click.Path(dir_okay=False, path_type=Path), help="Run it on x from this .npz and print the logits' summary.")
+@click.option("--input", "input_data", type=click.Path(exists=True, path_type=Path),
+              help="Run it on images from this .npz / ImageFolder (normalised as in the run) and print the predictions.")
+@click.option("--limit", type=click.IntRange(1), default=16, show_default=True, help="How many images of --input.")
 @friendly
-def load(path, input_npz):
+def load(path, input_data, limit):
     """Rebuild the compressed model stored in PATH (compressed.safetensors) and describe it."""
     import torch
 
-    from .metrics import count_flops, count_params
-    from .serialize import load_compressed
+    from ..metrics import count_flops, count_params
+    from ..serialize import load_compressed
+    from ..validation import probe_inputs
 
     model, meta = load_compressed(path)
     click.echo(f"{path}: {meta['arch']} {meta.get('args') or ''}")
     click.echo(f"  params {count_params(model):,}  FLOPs {count_flops(model, meta['input_shape']):,}  "
                f"changed modules {len(meta['modules'])}" + (f"  tokens {meta['tokens']['method']}" if meta.get("tokens") else ""))
-    if input_npz:
-        import numpy as np
-
-        x = torch.from_numpy(np.load(input_npz)["x"].astype("float32"))
+    if input_data:
+        probe = probe_inputs(input_data, meta.get("mean"), meta.get("std"), limit, 0, meta["input_shape"])
         with torch.no_grad():
-            y = model(x)
-        click.echo(f"  logits {tuple(y.shape)} argmax {y.argmax(-1).tolist()[:16]}")
+            y = model(torch.from_numpy(probe.x))
+        click.echo(f"  logits {tuple(y.shape)} argmax {y.argmax(-1).tolist()}"
+                   + (f"  accuracy {(y.argmax(-1).numpy() == probe.y).mean():.4f}" if probe.y is not None else ""))
 
 
 @main.command()
@@ -83,7 +122,7 @@ def load(path, input_npz):
 @friendly
 def inspect(target, scope):
     """List what the stages would touch in a RECIPE or a compressed MODEL: channel groups and transformer blocks."""
-    from .inspect import describe
+    from .describe import describe
 
     click.echo(describe(target, scope))
 
@@ -100,15 +139,17 @@ def inspect(target, scope):
 @click.option("--error-stat", type=click.Choice(ERROR_STATS),
               help="As Polygraphy's --check-error-stat (default: the recorded one, else elemwise).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), help="Minimum top-1 agreement with the original.")
+@click.option("--min-decision-agreement", type=click.FloatRange(0, 1),
+              help="Token-reduced models: fraction of samples on which the export must take PyTorch's own decisions.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1))
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the full result as JSON.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML for CI.")
 @friendly
 def validate(target, **opts):
     """Validate ARTIFACT_DIR, model.onnx or model.plan. Exit 0 pass, 1 a check failed, 2 bad usage/files."""
-    from .artifacts import atomic_write_json, atomic_write_text
-    from .validate_cmd import validate_target
-    from .validation import junit_xml, summary
+    from ..artifacts import atomic_write_json, atomic_write_text
+    from ..validation import junit_xml, summary
+    from ..validation.target import validate_target
 
     json_out, junit = opts.pop("json_out"), opts.pop("junit")
     res = validate_target(target, **opts)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..groups import CONV, Group, is_depthwise
+from .groups import CONV, Group, is_depthwise
 
 
 def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, float]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import atomic_write_json
-from .errors import OTCError
+from ..artifacts import atomic_write_json
+from ..errors import OTCError
 
 
 def time_fn(fn, runs: int, warmup: int) -> dict:
@@ -41,21 +41,18 @@ def _torch_fn(model, x, device):
 
 
 def bench_artifacts(artifact_dir: Path, batches: list[int], runs: int, warmup: int) -> dict:
-    from otcompress.exporters.onnx import export_onnx
-    from otcompress.exporters.runners import OrtRunner, ort_providers
+    from otcompress.exporters.onnx import OrtRunner, export_onnx, ort_providers
 
-    from .checkpoint import load_weights, read_state_dict
-    from .serialize import load_compressed
-    from .zoo import build_model
+    from ..models import build_model, original_model
+    from ..serialize import load_compressed
 
     comp_path = artifact_dir / "compressed.safetensors"
     if not comp_path.exists():
         raise OTCError(f"{artifact_dir}: no compressed.safetensors; expected the output folder of 'otcompress run'")
     compressed, meta = load_compressed(comp_path)
-    original = build_model(meta["arch"], meta.get("args"))
-    ck = (meta.get("original") or {}).get("checkpoint")
-    if ck and Path(ck).exists():
-        load_weights(original, read_state_dict(ck), ck)
+    original = original_model(meta)
+    if original is None:  # timing needs the architecture, not the trained weights
+        original = build_model(meta["arch"], meta.get("args"), meta.get("facts"), logits=meta.get("logits_adapter", False))
     shape = meta["input_shape"]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
@@ -75,7 +72,8 @@ def bench_artifacts(artifact_dir: Path, batches: list[int], runs: int, warmup: i
                 for prov in ort_providers():
                     runner = OrtRunner(onnx_files[(name, b)], providers=list(dict.fromkeys([prov, "CPUExecutionProvider"])))
                     used = runner.providers[0]
-                    r = time_fn(lambda: runner.run(x), runs, warmup)
+                    runner.activate()
+                    r = time_fn(lambda: runner.infer(x), runs, warmup)
                     rows.append({"model": name, "backend": f"onnxruntime-{used.replace('ExecutionProvider', '')}", "batch": b, **r})
     seen = {}
     for r in rows:
@@ -85,7 +83,7 @@ def bench_artifacts(artifact_dir: Path, batches: list[int], runs: int, warmup: i
         o = seen.get(("original", r["backend"], r["batch"]))
         if r["model"] == "compressed" and o:
             r["speedup"] = o["median_ms"] / r["median_ms"]
-    from .metrics import count_flops
+    from ..metrics import count_flops
 
     res = {"flops_original": count_flops(original, shape), "flops_compressed": count_flops(compressed, shape),
            "runs": runs, "warmup": warmup, "rows": rows, "threads": torch.get_num_threads()}
@@ -106,7 +104,7 @@ def plot_bench(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .artifacts import atomic_write_bytes
+    from ..artifacts import atomic_write_bytes
 
     keys = sorted({(r["backend"], r["batch"]) for r in res["rows"]})
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(keys)), 4))

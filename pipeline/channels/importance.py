@@ -1,0 +1,110 @@
+"""Channel importance criteria, interchangeable as in Torch-Pruning: each is a class in IMPORTANCE. A
+criterion scores every layer of a group per channel; the scores are divided by their mean (so wide and
+narrow layers weigh alike) and averaged, as Torch-Pruning and Intra-Fusion do."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import OTCError
+from ..registry import Registry
+from .groups import Group, Slice
+
+IMPORTANCE = Registry("importance criterion")
+
+
+def channel_values(s: Slice, t: torch.Tensor) -> torch.Tensor:
+    """(n, d) view of tensor t restricted to the slice's channels (rows for out/channel, columns for in)."""
+    n = s.index.shape[0]
+    if s.role == "in":
+        cols = t[:, s.index.flatten()]  # (out, n*r, ...)
+        return cols.reshape(t.shape[0], n, -1, *t.shape[2:]).transpose(0, 1).reshape(n, -1)
+    return t[s.index.flatten()].reshape(n, -1)
+
+
+class Importance:
+    """Scores the channels of a group (higher = keep). `needs_data`: the criterion reads gradients or
+    activations, so the stage needs [data]; `prepare` runs once per shrink, before any group is scored."""
+
+    name = "importance"
+    needs_data = False
+
+    def prepare(self, model: torch.nn.Module, data) -> None:
+        pass
+
+    def layer_scores(self, s: Slice) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def __call__(self, g: Group) -> torch.Tensor:
+        scores = [sc for s in g.slices if getattr(s.module, "weight", None) is not None
+                  for sc in [self.layer_scores(s)] if sc is not None]
+        if not scores:
+            raise OTCError(f"group {g.root}: importance = {self.name!r} found nothing to score" + self.why_empty)
+        normed = [s.double() / s.double().mean().clamp_min(1e-12) for s in scores]
+        return torch.stack(normed).mean(0)
+
+    why_empty = ""
+
+
+@IMPORTANCE.register("l1")
+class L1(Importance):
+    name = "l1"
+    """Sum of |w| over each channel's weights (rows of producers, columns of consumers)."""
+
+    def layer_scores(self, s):
+        return channel_values(s, s.module.weight.detach()).abs().sum(1)
+
+
+@IMPORTANCE.register("l2")
+class L2(Importance):
+    name = "l2"
+    def layer_scores(self, s):
+        return channel_values(s, s.module.weight.detach()).pow(2).sum(1).sqrt()
+
+
+@IMPORTANCE.register("bn_scale")
+class BNScale(Importance):
+    name = "bn_scale"
+    """|gamma| of the group's BatchNorm (network slimming); only before fold_bn."""
+
+    why_empty = " (no BatchNorm left: use it before fold_bn, or choose l1/l2)"
+
+    def layer_scores(self, s):
+        if isinstance(s.module, torch.nn.modules.batchnorm._BatchNorm):
+            return channel_values(s, s.module.weight.detach()).abs().sum(1)
+        return None
+
+
+@IMPORTANCE.register("taylor")
+class Taylor(Importance):
+    name = "taylor"
+    """|w * dL/dw| summed per channel (first-order Taylor saliency), from one backward pass over a few
+    labelled (or self-labelled) batches."""
+
+    needs_data = True
+
+    def __init__(self):
+        self.grads: dict | None = None
+
+    def prepare(self, model, data):
+        if data is None:
+            raise OTCError("importance = 'taylor' needs gradients; give [data].eval or [data].train")
+        x, y = data
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            for i in range(0, len(x), 64):
+                out = model(x[i:i + 64])
+                target = y[i:i + 64] if y is not None else out.argmax(-1).detach()
+                torch.nn.functional.cross_entropy(out, target, reduction="sum").backward()
+        self.grads = {p: p.grad.detach().clone() / len(x) for p in model.parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+
+    def layer_scores(self, s):
+        w = s.module.weight
+        if self.grads is None or w not in self.grads:
+            return None
+        return channel_values(s, (w.detach() * self.grads[w]).abs()).sum(1)
+
+
+def criterion(name: str) -> Importance:
+    return IMPORTANCE[name]()

@@ -1,0 +1,5 @@
+"""The `otcompress` command."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,114 @@
+"""The registered model sources: torchvision, timm and Hugging Face (local directories only, offline)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..errors import OTCError
+from . import SOURCES, Source, _call
+from .adapt import logits_only
+
+
+def _library(name: str, extra: str):
+    try:
+        return importlib.import_module(name)
+    except Exception as e:  # ImportError, or a torch/torchvision build mismatch raising at import
+        raise OTCError(f"model.arch needs {name}, which does not import here ({type(e).__name__}: {str(e)[:200]}); "
+                       f"install it: pip install 'otcompress[{extra}]'") from None
+
+
+@SOURCES.register("torchvision")
+class TorchVision(Source):
+    """`torchvision:NAME`: torchvision.models.get_model(NAME, weights=None, **args); weights come from the
+    recipe's checkpoint (a torchvision state_dict .pth), never from the network."""
+
+    def build(self, name, args):
+        tvm = _library("torchvision", "timm").models
+        if name not in tvm.list_models():
+            import difflib
+
+            close = difflib.get_close_matches(name, tvm.list_models(), n=1)
+            raise OTCError(f"model.arch = 'torchvision:{name}': torchvision has no model {name!r}"
+                           + (f" — did you mean '{close[0]}'?" if close else ""))
+        if "weights" in args or "pretrained" in args:
+            raise OTCError(f"model.args for 'torchvision:{name}': weights are never downloaded; give a state_dict "
+                           "file as model.checkpoint instead of 'weights'/'pretrained'")
+        return _call(f"torchvision:{name}", lambda **kw: tvm.get_model(name, weights=None, **kw), args)
+
+
+@SOURCES.register("timm")
+class Timm(Source):
+    """`timm:NAME`: timm.create_model(NAME, pretrained=False, **args); weights from the recipe's checkpoint."""
+
+    def build(self, name, args):
+        timm = _library("timm", "timm")
+        if not timm.is_model(name):
+            import difflib
+
+            close = difflib.get_close_matches(name, timm.list_models(), n=1)
+            raise OTCError(f"model.arch = 'timm:{name}': timm has no model {name!r}"
+                           + (f" — did you mean '{close[0]}'?" if close else ""))
+        if args.get("pretrained"):
+            raise OTCError(f"model.args for 'timm:{name}': pretrained weights are never downloaded; give a state_dict "
+                           "file as model.checkpoint")
+        return _call(f"timm:{name}", lambda **kw: timm.create_model(name, pretrained=False, **kw), args)
+
+
+def _offline():
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(k, "1")
+
+
+def _hf_class(transformers, config):
+    """The class the directory was saved from (config.architectures), e.g. DeiTForImageClassificationWithTeacher;
+    else the image-classification auto class for its model type."""
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModelForImageClassification
+
+
+@SOURCES.register("hf")
+class HuggingFace(Source):
+    """`hf:DIR`: a local directory written by save_pretrained (config.json + model.safetensors), loaded with
+    local_files_only. The model is adapted to return its logits tensor. compressed.safetensors stores the
+    config, so the compressed model rebuilds without DIR."""
+
+    def available(self, name):
+        return (Path(name) / "config.json").is_file()
+
+    def build(self, name, args):
+        _offline()
+        transformers = _library("transformers", "transformers")
+        path = Path(name)
+        if not (path / "config.json").is_file():
+            raise OTCError(f"model.arch = 'hf:{name}': expected a local Hugging Face model directory with config.json "
+                           "(as save_pretrained writes it); nothing is downloaded")
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+            cls = _hf_class(transformers, config)
+            model = cls.from_pretrained(str(path), local_files_only=True, **args)
+        except Exception as e:
+            raise OTCError(f"model.arch = 'hf:{name}': transformers cannot load it: {type(e).__name__}: {str(e)[:300]}") from None
+        return logits_only(model)
+
+    def facts(self, name, args, model):
+        return {"class": type(model).__mro__[1].__name__, "config": json.loads(model.config.to_json_string())}
+
+    def rebuild(self, name, args, facts):
+        _offline()
+        transformers = _library("transformers", "transformers")
+        cfg = dict(facts["config"])
+        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        cls = getattr(transformers, facts["class"])
+        return logits_only(cls(config))
+
+
+def hf_module(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.")
