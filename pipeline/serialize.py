@@ -86,6 +86,8 @@ def structure_diff(model: nn.Module, fresh: nn.Module) -> dict[str, dict]:
 
 def apply_diff(model: nn.Module, diff: dict[str, dict]) -> None:
     """Reshape a fresh model as recorded (values come from the state_dict afterwards)."""
+    from .channels import fold_bn  # noqa: F401  (registers the norm-activation replacements)
+
     for name in sorted(diff, key=lambda n: n.count(".")):  # parents first: a replacement drops its children
         d = diff[name]
         try:

@@ -144,12 +144,22 @@ def test_zoo_cnns_pruned_have_exact_counts_and_export(arch, args, shape, sparsit
 
 
 def test_option_a_resnets_prune_only_block_internal_channels():
+    """The default for option-A ResNets is block-internal channels (the literature's convention). With
+    scope = "all" the zero-padded shortcuts are followed exactly: the padded positions of stages 2 and 3 are
+    always kept, the stage-1 channels they carry shrink everywhere at once, and the net still runs (where
+    Torch-Pruning couples the wrong channels)."""
     model = build_model("cifar_resnet56")
     graph = GroupGraph(model, torch.zeros(1, 3, 32, 32))
     groups = graph.groups()
     assert len(groups) == 27 and all(g.producers == [g.root] and g.root.endswith("conv1") for g in groups)
-    with pytest.raises(OTCError, match="option-A"):
-        GroupGraph(model, torch.zeros(1, 3, 32, 32), scope="all")
+    model = randomize_bn(build_model("cifar_resnet20"))
+    trunk = [g for g in GroupGraph(model, torch.zeros(1, 3, 32, 32), scope="all").groups() if not g.internal]
+    assert len(trunk) == 1 and trunk[0].n == 64 and int(trunk[0].forced.sum()) == 48  # 16 stage-1 channels free
+    x = torch.randn(2, 3, 32, 32)
+    rep = shrink_channels(model, x[:1], "prune", sparsity=0.25, scope="all", progress=False)
+    assert model.conv1.out_channels == 12 and model.layer2[0].conv2.out_channels == 28
+    assert model.layer3[2].conv2.out_channels == 60 and model.linear.in_features == 60
+    assert {r["after"] for r in rep if r["group"] == trunk[0].root} == {60} and model(x).shape == (2, 10)
 
 
 def test_classifier_outputs_never_pruned_and_exclude_patterns():

@@ -5,6 +5,8 @@ groups are left alone)."""
 
 from __future__ import annotations
 
+import math
+
 from ..errors import OTCError
 from .groups import Group
 
@@ -44,9 +46,16 @@ def ratios_for(groups: list[Group], sparsity) -> list[float]:
     return [float(v) for v in sparsity]
 
 
-def kept_count(n: int, ratio: float, round_to: int = 1) -> int:
+def kept_count(n: int, ratio: float, round_to: int = 1, chunks: int = 1, forced: int = 0) -> int:
+    """Channels a group of n keeps at this sparsity: a multiple of round_to (where the group allows it), the
+    same number in each of its chunks, at least one per chunk. `forced` channels are always kept; the ratio
+    applies to the others."""
+    if forced:
+        return forced + max(1, round((n - forced) * (1.0 - ratio))) if forced < n else n
     keep = round(n * (1.0 - ratio))
-    if round_to > 1:
-        keep = int(round(keep / round_to)) * round_to
-        keep = max(keep, min(round_to, n))
+    unit = chunks * round_to // math.gcd(chunks, round_to) if round_to > 1 else chunks
+    if unit > 1 and n % unit == 0:
+        keep = max(unit, int(round(keep / unit)) * unit)
+    elif chunks > 1:
+        keep = max(chunks, int(round(keep / chunks)) * chunks)
     return int(min(n, max(1, keep)))

@@ -34,7 +34,7 @@ class FlopsModel:
         for gi, g in enumerate(groups):
             for s in g.slices:
                 if isinstance(s.module, (CONV, nn.Linear)):
-                    r = "both" if is_depthwise(s.module) else s.role
+                    r = "both" if is_depthwise(s.module) else ("in" if s.role == "gin" else s.role)
                     role.setdefault(s.name, {})[r] = gi
         none = len(groups)  # index of the constant 1 appended to the keep ratios
         gin, gout = [], []

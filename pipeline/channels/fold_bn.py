@@ -1,30 +1,40 @@
-"""Fold BatchNorm into the conv/linear that feeds it, with the BN's real eps (the Intra-Fusion
-reference drops eps). Pairs come from Torch-Pruning's traced graph, so any model that runs forward works."""
+"""Fold BatchNorm into the conv/linear that feeds it, with the BN's real eps (the Intra-Fusion reference drops
+it). Pairs come from the channel trace: a BN folds when its only input is a conv/linear output that nothing
+else reads and that layer runs once. A plain BN becomes Identity; a norm-activation layer (timm's
+BatchNormAct2d: BN, dropout, activation in one module) keeps its dropout and activation. Every BN left
+is listed with the reason."""
 
 from __future__ import annotations
+
+import copy
+from collections import Counter
 
 import torch
 import torch.nn as nn
 
-from ..serialize import set_submodule
+from ..registry import Registry
+from ..serialize import REPLACEMENTS, set_submodule
+from .trace import trace_channels
 
 
-def _trace_edges(model: nn.Module, example: torch.Tensor):
-    """(producer, bn) pairs where the BN's only input is the producer and nothing else reads the producer."""
-    import torch_pruning as tp
+class FoldedNormAct(nn.Module):
+    """What is left of a norm-activation layer once its BatchNorm is folded: its dropout and activation
+    (same child names, so their parameters keep their state_dict keys)."""
 
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-    pairs, unfoldable = [], []
-    for m, node in dg.module2node.items():
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
-            continue
-        prods = [n for n in node.inputs]
-        src = prods[0].module if len(prods) == 1 else None
-        ok = (isinstance(src, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and len(prods[0].outputs) == 1
-              and getattr(src, "out_channels", getattr(src, "out_features", None)) == m.num_features)
-        (pairs if ok else unfoldable).append((src, m) if ok else m)
-    return pairs, unfoldable
+    def __init__(self, drop: nn.Module, act: nn.Module):
+        super().__init__()
+        self.drop, self.act = drop, act
+
+    def forward(self, x):
+        return self.act(self.drop(x))
+
+
+# BatchNorm subclasses whose forward is "BN, then more": what replaces them once the BN part is folded
+NORM_ACT = Registry("norm-activation layer")
+NORM_ACT.register("BatchNormAct2d", lambda bn: FoldedNormAct(bn.drop, bn.act))
+NORM_ACT.register("SyncBatchNormAct", lambda bn: FoldedNormAct(bn.drop, bn.act))
+REPLACEMENTS.register("FoldedNormAct", lambda spec, fresh: FoldedNormAct(copy.deepcopy(fresh.drop), copy.deepcopy(fresh.act)))
+PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @torch.no_grad()
@@ -32,8 +42,6 @@ def fold_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
     w = layer.weight
-    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
-        raise ValueError("transposed convs are not folded")
     w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
     b = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
     new_b = (b - bn.running_mean) * scale + shift
@@ -43,14 +51,38 @@ def fold_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
         layer.bias.copy_(new_b)
 
 
+def replacement(bn: nn.Module) -> nn.Module | None:
+    if type(bn) in PLAIN:
+        return nn.Identity()
+    build = NORM_ACT.get(type(bn).__name__)
+    return build(bn) if build is not None else None
+
+
 def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> dict:
     """Fold in place; returns which BNs were folded and which were kept (and why)."""
     model.eval()
-    names = {m: n for n, m in model.named_modules()}
-    pairs, unfoldable = _trace_edges(model, example)
-    for layer, bn in pairs:
+    mods = dict(model.named_modules())
+    trace = trace_channels(model, example)
+    calls = Counter(u.module for u in trace.uses if u.role == "out")
+    bn_calls = Counter(u.module for u in trace.uses if u.role == "channel" and isinstance(mods.get(u.module), nn.modules.batchnorm._BatchNorm))
+    folded, kept = [], [{"name": bn, "reason": why} for bn, why in trace.unfoldable]
+    for f in trace.folds:
+        layer, bn = mods[f.layer], mods[f.bn]
+        why = None
+        if calls[f.layer] > 1 or bn_calls[f.bn] > 1:
+            why = "the layer or the BatchNorm runs more than once"
+        elif not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
+            why = "it has no running statistics"
+        elif isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            why = "transposed convolutions are not folded"
+        else:
+            new = replacement(bn)
+            if new is None:
+                why = f"{type(bn).__name__} is a BatchNorm subclass with its own forward (register it in NORM_ACT)"
+        if why:
+            kept.append({"name": f.bn, "reason": why})
+            continue
         fold_into(layer, bn)
-        set_submodule(model, names[bn], nn.Identity())
-    return {"folded": [names[bn] for _, bn in pairs],
-            "kept": [{"name": names[bn], "reason": "not fed by a single conv/linear whose output only it reads"}
-                     for bn in unfoldable]}
+        set_submodule(model, f.bn, new)
+        folded.append(f.bn)
+    return {"folded": folded, "kept": kept}

@@ -14,7 +14,7 @@ import torch
 
 from ..registry import Registry
 from .groups import Group, Slice
-from .importance import channel_values
+from .importance import channel_values, write_values
 
 FUSIONS = Registry("fusion variant")
 
@@ -22,7 +22,7 @@ FUSIONS = Registry("fusion variant")
 def group_features(g: Group) -> torch.Tensor:
     """Per channel: producer rows and consumer columns concatenated (biases and norms excluded)."""
     parts = [channel_values(s, s.module.weight.detach()) for s in g.slices
-             if s.role in ("out", "in") or (s.role == "channel" and isinstance(s.module, torch.nn.modules.conv._ConvNd))]
+             if s.role in ("out", "in", "gin") or (s.role == "channel" and isinstance(s.module, torch.nn.modules.conv._ConvNd))]
     return torch.cat([p.float() for p in parts], dim=1)
 
 
@@ -42,12 +42,22 @@ def distinct_top(f: torch.Tensor, importance: torch.Tensor, m: int) -> torch.Ten
     """Top-m channels by importance, where exact copies of an already chosen channel come last:
     two identical targets would waste a slot (and break exactness on duplicated neurons)."""
     order = torch.argsort(importance, descending=True, stable=True)
-    _, inverse = torch.unique(f, dim=0, return_inverse=True)
+    key = f @ torch.rand(f.shape[1], generator=torch.Generator().manual_seed(0), dtype=f.dtype)  # equal rows, equal keys
+    _, inverse = torch.unique(key, return_inverse=True)
     seen, first, rest = set(), [], []
     for i in order.tolist():
         (rest if inverse[i].item() in seen else first).append(i)
         seen.add(inverse[i].item())
     return torch.tensor((first + rest)[:m]).sort().values
+
+
+L1_BUDGET = 2e9  # n*m*d: beyond it the L1 cost takes many seconds on a CPU (a 4096-wide classifier: minutes)
+
+
+def cost_kind(n: int, m: int, d: int) -> str:
+    """The reference's cost is the L1 distance; where it would be too slow, the L2 distance (one matrix
+    product) stands in. Both are 0 exactly on duplicated channels."""
+    return "l1" if n * m * d <= L1_BUDGET else "l2"
 
 
 def transport_plan(features: torch.Tensor, importance: torch.Tensor, m: int, *, solver="emd", reg=0.01,
@@ -57,7 +67,8 @@ def transport_plan(features: torch.Tensor, importance: torch.Tensor, m: int, *, 
     f = torch.nn.functional.normalize(features.double(), dim=1)
     slots = distinct_top(f, importance, m)
     tgt = f[slots] if targets == "top" else torch.nn.functional.normalize(kmeans(f, m), dim=1)
-    cost = torch.cdist(f, tgt, p=1).numpy()
+    p = 1 if cost_kind(n, m, f.shape[1]) == "l1" else 2
+    cost = torch.cdist(f.float(), tgt.float(), p=p).double().numpy()
     if marginals == "uniform":
         a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     else:
@@ -93,28 +104,23 @@ def fusion_maps(P: torch.Tensor, fusion: str = "exact") -> tuple[torch.Tensor, t
 
 
 def _write(s: Slice, t: torch.Tensor, T: torch.Tensor, slots: torch.Tensor) -> None:
-    """Replace the slot channels of tensor t with T-combinations of all n channels (in place)."""
-    vals = channel_values(s, t.detach()).double()  # (n, d)
-    fused = (T @ vals).to(t.dtype)  # (m, d)
-    n, r = s.index.shape
-    pos = s.index[slots].flatten()
-    with torch.no_grad():
-        if s.role == "in":
-            shaped = fused.reshape(len(slots), t.shape[0], r, *t.shape[2:]).transpose(0, 1)
-            t[:, pos] = shaped.reshape(t.shape[0], len(slots) * r, *t.shape[2:])
-        else:
-            t[pos] = fused.reshape(len(slots) * r, *t.shape[1:])
+    """Replace the slot channels of tensor t with T-combinations of all n channels (in place). T is sparse (an
+    optimal plan has at most n + m - 1 entries; a selection m), so the product costs O((n + m) d)."""
+    vals = channel_values(s, t.detach())
+    fused = torch.sparse.mm(T.to(vals.dtype).to_sparse(), vals)  # (m, d)
+    write_values(s, t, s.index[slots].flatten(), fused)
+
+
+def write_group(g: Group, t_out: torch.Tensor, t_in: torch.Tensor, slots: torch.Tensor) -> None:
+    """Every layer of the group: producers and per-channel layers get T_out combinations of the n channels
+    in their slot positions, consumers T_in combinations (m x n each)."""
+    for s in g.slices:
+        T = t_in if s.role in ("in", "gin") else t_out
+        for name in s.tensors:
+            t = getattr(s.module, name, None)
+            if t is not None:
+                _write(s, t, T, slots)
 
 
 def fuse_group(g: Group, P: torch.Tensor, slots: torch.Tensor, fusion: str = "exact") -> None:
-    t_out, t_in = fusion_maps(P, fusion)
-    for s in g.slices:
-        m = s.module
-        T = t_in if s.role == "in" else t_out
-        _write(s, m.weight, T, slots)
-        if s.role != "in":
-            if getattr(m, "bias", None) is not None:
-                _write(s, m.bias, T, slots)
-            for buf in ("running_mean", "running_var"):
-                if getattr(m, buf, None) is not None:
-                    _write(s, getattr(m, buf), T, slots)
+    write_group(g, *fusion_maps(P, fusion), slots)

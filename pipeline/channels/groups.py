@@ -1,19 +1,30 @@
-"""Channel groups: channels that must shrink together (residual adds, concat, depthwise convs, BN,
-flatten->linear), discovered with Torch-Pruning's dependency graph.
+"""Channel groups: channels that must shrink together, from the coupling found by trace.py.
 
-Each group is described by layer slices indexed by the group's root channel, so the math in
-importance.py and intrafusion.py never sees Torch-Pruning objects."""
+A group is every channel class created by one set of coupled producers (a conv, or several joined by
+residual adds), listed in the order of its first producer's outputs. Each layer's share of a group is a
+Slice: `index[c]` lists the positions (rows, columns, norm entries) of group channel c, so the math in
+importance.py and fusion.py never sees the graph. A group may carry constraints: `forced` channels must
+be kept (frozen by the trace, e.g. positions a fixed slice reads), and `chunks` splits the channels into
+equal parts that must keep equal counts and never mix (grouped convolutions, GroupNorm).
+
+Removal is done here too: every tensor loses the positions of the dropped channels of all groups in one
+pass, and layer attributes (out_channels, num_features, normalized_shape, groups ...) follow through the
+RESIZE registry."""
 
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import OTCError
+from ..registry import Registry
+from .trace import Use, trace_channels
 
 CONV = nn.modules.conv._ConvNd
 NORM = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -21,12 +32,16 @@ NORM = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 @dataclass
 class Slice:
-    """One layer's share of a group. `index[c]` lists the positions (rows or columns) of root channel c."""
+    """One layer's share of a group. `index[c]` lists the positions of group channel c along `dim` of the
+    layer's `tensors` (for role "gin", input-channel positions of a grouped conv)."""
 
     name: str
     module: nn.Module
-    role: str  # "out" (producer rows), "in" (consumer columns) or "channel" (depthwise conv, norm)
+    role: str  # "out" producer rows, "in"/"gin" consumer columns, "channel" per-channel entries, "param"
     index: torch.Tensor  # (n, r) long
+    tensors: tuple[str, ...] = ("weight",)
+    dim: int = 0
+    groups: int = 1
 
 
 @dataclass
@@ -40,27 +55,31 @@ class Group:
     internal: bool = True
     layers: list[str] = field(default_factory=list)
     producers: list[str] = field(default_factory=list)  # layers whose outputs are the group's channels
+    forced: torch.Tensor | None = None  # (n,) bool: channels that must be kept
+    chunks: torch.Tensor | None = None  # (n,) long chunk id; equal counts per chunk
+    n_chunks: int = 1
+    placement: bool = False  # kept channels must move to the first positions of each chunk (grouped consumers)
 
     def matches(self, pattern: str) -> bool:
         return any(fnmatch.fnmatch(n, pattern) for n in [self.root, *self.producers])
 
+    def chunk_members(self) -> list[torch.Tensor]:
+        ch = self.chunks if self.chunks is not None else torch.zeros(self.n, dtype=torch.long)
+        return [torch.nonzero(ch == c).flatten() for c in range(self.n_chunks)]
+
+
+@dataclass
+class Frozen:
+    """A group left whole, and why."""
+
+    root: str
+    n: int
+    reason: str
+    layers: list[str]
+
 
 def is_depthwise(m) -> bool:
     return isinstance(m, CONV) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-
-
-def classifier_layer(model: nn.Module, example: torch.Tensor) -> nn.Module | None:
-    """The last conv/linear that runs: its outputs are the logits and are never pruned."""
-    order = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
-             for m in model.modules() if isinstance(m, (CONV, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return order[-1] if order else None
 
 
 def stage_of(name: str) -> int | None:
@@ -68,89 +87,265 @@ def stage_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# ---- layer attributes that follow the tensors ---------------------------------------------------
+RESIZE = Registry("layer resize rule")  # type name -> fn(module, role, new_size); isinstance order below
+
+
+def _conv(m, role, n):
+    if role == "channel":  # depthwise
+        m.in_channels = m.out_channels = m.groups = n
+    elif role == "out":
+        m.out_channels = n
+    else:
+        m.in_channels = n
+
+
+def _linear(m, role, n):
+    if role == "out":
+        m.out_features = n
+    else:
+        m.in_features = n
+
+
+def _bn(m, role, n):
+    m.num_features = n
+
+
+def _ln(m, role, n):
+    m.normalized_shape = (*tuple(m.normalized_shape)[:-1], n)
+
+
+def _gn(m, role, n):
+    m.num_channels = n
+
+
+def _prelu(m, role, n):
+    m.num_parameters = n
+
+
+RESIZE.register("conv", (CONV, _conv))
+RESIZE.register("linear", (nn.Linear, _linear))
+RESIZE.register("batchnorm", ((nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm), _bn))
+RESIZE.register("layernorm", (nn.LayerNorm, _ln))
+RESIZE.register("groupnorm", (nn.GroupNorm, _gn))
+RESIZE.register("prelu", (nn.PReLU, _prelu))
+
+
+def resize(m: nn.Module, role: str, n: int) -> None:
+    for _, (types, fn) in RESIZE.items():
+        if isinstance(m, types):
+            fn(m, role, n)
+            return
+
+
+class _Groups:
+    """Union-find over channel classes (a group is the classes that coupled producers create)."""
+
+    def __init__(self):
+        self.p: dict[int, int] = {}
+
+    def find(self, a):
+        self.p.setdefault(a, a)
+        while self.p[a] != a:
+            self.p[a] = self.p[self.p[a]]
+            a = self.p[a]
+        return a
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.p[max(ra, rb)] = min(ra, rb)
+
+
 class GroupGraph:
-    """Torch-Pruning's graph plus the conversions to and from our Slice view."""
+    """The model's channel groups. `groups()` are those that can shrink (within `scope`), `frozen` those left
+    whole with the reason; `apply` removes the channels a plan drops from every layer at once."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, exclude=(), scope: str | None = None):
-        import torch_pruning as tp
-
         self.model = model
-        self.names = {m: n for n, m in model.named_modules()}
         self.scope = scope or getattr(model, "otcompress_prune_scope", "all")
-        forced = getattr(model, "otcompress_prune_scope", None)
-        if forced == "internal" and self.scope != "internal":
-            raise OTCError(f"{type(model).__name__} has zero-padded (option-A) shortcuts without weights; Torch-Pruning "
-                           "couples them to the wrong channels, so only scope = 'internal' (block-internal channels) is supported")
-        model.eval()
-        with torch.enable_grad():
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-        head = classifier_layer(model, example)
-        ignored = [head] if head is not None else []
-        ignored += [m for n, m in model.named_modules()
-                    if isinstance(m, (CONV, nn.Linear)) and any(fnmatch.fnmatch(n, p) for p in exclude)]
-        roots = []
-        for g in self.dg.get_all_groups(ignored_layers=ignored, root_module_types=(CONV, nn.Linear)):
-            root = g[0].dep.target.module
-            if is_depthwise(root):  # re-root on the layer that feeds the depthwise conv
-                feeders = [it.dep.target.module for it in g if self.dg.is_out_channel_pruning_fn(it.dep.handler)
-                           and isinstance(it.dep.target.module, (CONV, nn.Linear)) and not is_depthwise(it.dep.target.module)]
-                if not feeders:
-                    continue
-                root = feeders[0]
-            roots.append(root)
-        self.roots = roots
+        self.mods = dict(model.named_modules())
+        trace = trace_channels(model, example)
+        uf = trace.uf
+        uses = self._param_uses(trace)
+        for u in uses:
+            if u.role == "out" and any(fnmatch.fnmatch(u.module, p) for p in exclude):
+                uf.freeze(u.vars, f"excluded by the stage's exclude patterns ({u.module})")
+        self.folds, self.unfoldable = trace.folds, trace.unfoldable
+        frozen = uf.frozen_roots()
 
-    def _tp_group(self, root: nn.Module):
-        pruner = self.dg.get_pruner_of_module(root)
-        n = pruner.get_out_channels(root)
-        return self.dg.get_pruning_group(root, pruner.prune_out_channels, list(range(n))), n
+        def classes(vars_):
+            return np.array([uf.find(int(i)) if i >= 0 else -1 for i in vars_], dtype=np.int64)
 
-    def describe(self, root: nn.Module) -> Group:
-        g, n = self._tp_group(root)
-        slices, fusable, note, producers = [], True, "", 0
-        for item in g:
-            m = item.dep.target.module
-            if not isinstance(m, nn.Module) or not list(m.parameters(recurse=False)):
-                if isinstance(m, nn.Parameter):
-                    fusable, note = False, "group has a bare nn.Parameter"
+        for u in uses:
+            u.classes = classes(u.vars)
+        gu = _Groups()
+        producers = [u for u in uses if u.role == "out"]
+        for u in producers:
+            cs = u.classes[u.classes >= 0]
+            for c in cs[1:]:
+                gu.union(int(cs[0]), int(c))
+        members: dict[int, list[Use]] = defaultdict(list)
+        for u in producers:
+            if (u.classes >= 0).any():
+                members[gu.find(int(u.classes[u.classes >= 0][0]))].append(u)
+        self._groups, self.frozen = [], []
+        by_group: dict[int, list[Use]] = defaultdict(list)
+        for u in uses:
+            for g in {gu.find(int(c)) for c in u.classes if c >= 0 and gu.find(int(c)) in members}:
+                by_group[g].append(u)
+        for gid, prods in sorted(members.items(), key=lambda kv: min(u.order for u in kv[1])):
+            self._build(gid, prods, by_group[gid], frozen, gu)
+
+    # ---------------------------------------------------------------------------------------------
+    def _param_uses(self, trace) -> list[Use]:
+        """Parameters used elementwise (layer scale, position embeddings) become uses along the one axis their
+        channel classes vary along; one whose classes vary along several axes is frozen."""
+        uses = list(trace.uses)
+        uf = trace.uf
+        for (module, attr), v in trace.params.items():
+            cls = np.vectorize(uf.find, otypes=[np.int64])(v) if v.size else v
+            dims = [d for d in range(v.ndim) if v.shape[d] > 1 and not (cls == cls.take([0], axis=d)).all()]
+            if len(dims) == 1:
+                d = dims[0]
+                rep = np.moveaxis(v, d, 0).reshape(v.shape[d], -1)[:, 0]
+                uses.append(Use(module, "param", (attr,), d, rep, 1, 0))
+            elif len(dims) > 1:
+                uf.freeze(v, f"parameter {module}.{attr} is used elementwise along several channel axes")
+        return uses
+
+    def _build(self, gid, prods, uses, frozen, gu):
+        # the root is the producer that makes every channel of the group (with partial or zero-padded residuals
+        # earlier producers make a subset: they lose channels only where the group loses one of theirs)
+        root = min(prods, key=lambda u: (-len(set(u.classes.tolist())), u.order))
+        order = [int(c) for c in root.classes]
+        name = root.module
+        layers = sorted({u.module for u in uses})
+        pos = {c: i for i, c in enumerate(order)}
+        n = len(order)
+
+        def leave(reason):
+            self.frozen.append(Frozen(name, n, reason, layers))
+
+        if len(pos) != n or any(c < 0 for c in order):
+            return leave("its producer's outputs are not distinct channels")
+        for u in prods:
+            if not set(int(c) for c in u.classes) <= pos.keys() or len(set(u.classes.tolist())) != len(u.classes):
+                return leave(f"producers {root.module} and {u.module} do not share their channels")
+        forced = torch.tensor([c in frozen for c in order])
+        if bool(forced.all()):
+            return leave(frozen[order[0]])
+        slices, fusable, note = [], True, ""
+        chunk_keys = [[] for _ in range(n)]
+        placement = False
+        for u in uses:
+            m = self.mods.get(u.module)
+            if m is None:
                 continue
-            idxs = torch.as_tensor(item.idxs, dtype=torch.long)
-            roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-            order = torch.argsort(roots * (idxs.max() + 1) + idxs)
-            idxs, roots = idxs[order], roots[order]
-            counts = torch.bincount(roots, minlength=n)
-            if counts.min() != counts.max() or counts.min() == 0:
-                fusable, note = False, f"uneven channel mapping in {self.names.get(m, '?')}"
+            cols = [np.nonzero(u.classes == c)[0] for c in order]
+            counts = {len(c) for c in cols}
+            if counts == {0}:
                 continue
-            index = idxs.view(n, -1)
-            is_out = self.dg.is_out_channel_pruning_fn(item.dep.handler)
-            if is_depthwise(m) or isinstance(m, NORM):
-                role = "channel"
-            elif isinstance(m, (CONV, nn.Linear)):
-                if isinstance(m, CONV) and m.groups > 1:
-                    fusable, note = False, f"grouped conv {self.names.get(m, '?')}"
-                role = "out" if is_out else "in"
-                producers += role == "out"
-            else:
-                fusable, note = False, f"unsupported layer type {type(m).__name__}"
-                continue
-            slices.append(Slice(self.names.get(m, "?"), m, role, index))
-        name = self.names[root]
+            if len(counts) != 1:  # a layer that sees only some of the group's channels (a slice of them)
+                fusable, note = False, f"{u.module} reads only some of the group's channels"
+                r = max(counts)
+                cols = [np.concatenate([c, -np.ones(r - len(c), dtype=np.int64)]) for c in cols]
+            index = torch.as_tensor(np.stack(cols), dtype=torch.long)
+            slices.append(Slice(u.module, m, u.role, index, u.tensors, u.dim, u.groups))
+            if u.groups > 1 and u.role in ("gin", "out", "channel"):
+                size = len(u.vars) // u.groups
+                for c in range(n):
+                    chunk_keys[c].append(int(index[c, 0]) // size if index[c, 0] >= 0 else -1)
+                if u.role == "gin":
+                    placement = True
+        keys = sorted({tuple(k) for k in chunk_keys})
+        chunks = torch.tensor([keys.index(tuple(k)) for k in chunk_keys])
+        n_chunks = len(keys)
+        sizes = torch.bincount(chunks, minlength=n_chunks)
+        if n_chunks > 1 and (sizes.min() != sizes.max()):
+            return leave("grouped layers split its channels into unequal chunks")
+        if placement and bool(forced.any()):
+            return leave("it feeds a grouped convolution and has frozen channels: " + frozen[order[int(forced.nonzero()[0])]])
+        if placement:  # kept channels move to the first positions of each chunk: positions must follow channel order
+            for s in slices:
+                if s.role == "gin" and not bool((s.index[:, 0].diff() > 0).all()):
+                    return leave(f"{s.name}: its input channels are not in the group's order")
         st = stage_of(name)
-        return Group(root=name, n=n, slices=slices, stage=st if st is not None else 0, fusable=fusable, note=note,
-                     internal=producers == 1, layers=sorted({s.name for s in slices}),
-                     producers=[s.name for s in slices if s.role == "out"])
+        self._groups.append(Group(
+            root=name, n=n, slices=slices, stage=st if st is not None else 0, fusable=fusable, note=note,
+            internal=len(prods) == 1, layers=layers, producers=[u.module for u in sorted(prods, key=lambda u: u.order)],
+            forced=forced if bool(forced.any()) else None, chunks=chunks if n_chunks > 1 else None, n_chunks=n_chunks,
+            placement=placement))
 
+    # ---------------------------------------------------------------------------------------------
     def groups(self) -> list[Group]:
-        out = [self.describe(r) for r in self.roots]
+        out = list(self._groups)
         if self.scope == "internal":
             out = [g for g in out if g.internal]
         return out
 
-    def prune(self, root_name: str, keep: torch.Tensor) -> None:
-        """Remove every channel of the group except `keep` (root indices); kept values stay as written."""
-        root = self.model.get_submodule(root_name)
-        g, n = self._tp_group(root)
-        drop = sorted(set(range(n)) - set(keep.tolist()))
-        if drop:
-            g.prune(idxs=drop, record_history=False)
+    def apply(self, keep: dict[str, torch.Tensor]) -> None:
+        """Remove, in every layer, the positions of the channels each named group does not keep (root ->
+        kept channel indices). Values must already be where they are kept (fusion and placement write them)."""
+        drops: dict[tuple, set] = defaultdict(set)
+        roles: dict[tuple, Slice] = {}
+        for g in self._groups:
+            if g.root not in keep:
+                continue
+            kept = torch.zeros(g.n, dtype=torch.bool)
+            kept[torch.as_tensor(keep[g.root], dtype=torch.long)] = True
+            for s in g.slices:
+                gone = s.index[~kept].flatten()
+                key = (s.name, s.role, s.dim, s.tensors)
+                drops[key] |= {int(p) for p in gone if p >= 0}
+                roles[key] = s
+        for key, gone in drops.items():
+            if gone:
+                self._remove(roles[key], gone)
+
+    def _remove(self, s: Slice, gone: set) -> None:
+        m = s.module
+        if s.role == "gin":
+            w = m.weight
+            per = w.shape[1]
+            total = per * m.groups
+            kept = [p for p in range(total) if p not in gone]
+            chunk_cols = [sorted(p % per for p in kept if p // per == c) for c in range(m.groups)]
+            if any(cc != chunk_cols[0] for cc in chunk_cols):
+                raise RuntimeError(f"{s.name}: grouped conv inputs kept unevenly across its groups")
+            with torch.no_grad():
+                m.weight = nn.Parameter(w[:, chunk_cols[0]].clone(), requires_grad=w.requires_grad)
+            resize(m, "in", len(kept))
+            return
+        size = None
+        for t in s.tensors:
+            cur = getattr(m, t, None)
+            if cur is None:
+                continue
+            d = s.dim % cur.dim()
+            n = cur.shape[d]
+            kept = torch.tensor([p for p in range(n) if p not in gone], dtype=torch.long)
+            new = cur.detach().index_select(d, kept).clone()
+            if t in m._buffers:
+                m._buffers[t] = new
+            elif isinstance(cur, nn.Parameter):
+                setattr(m, t, nn.Parameter(new, requires_grad=cur.requires_grad))
+            else:
+                setattr(m, t, new)
+            size = len(kept)
+        if size is None:  # a norm without parameters: its size attribute alone follows
+            size = (getattr(m, "num_features", None) or getattr(m, "num_channels", None)
+                    or tuple(getattr(m, "normalized_shape", (0,)))[-1]) - len(gone)
+        if s.role != "param":
+            resize(m, s.role, size)
+
+    def describe_frozen(self) -> list[dict]:
+        return [{"group": f.root, "channels": f.n, "reason": f.reason, "layers": f.layers} for f in self.frozen]
+
+
+def lcm(*xs: int) -> int:
+    out = 1
+    for x in xs:
+        out = out * x // math.gcd(out, x)
+    return out
+

@@ -13,13 +13,40 @@ from .groups import Group, Slice
 IMPORTANCE = Registry("importance criterion")
 
 
+def _grouped(s: Slice, t: torch.Tensor, pos: torch.Tensor):
+    """A grouped conv's weight entries of input positions `pos`: (rows of the position's group, its column)."""
+    per, rows = t.shape[1], t.shape[0] // s.groups
+    r = (pos // per)[:, None] * rows + torch.arange(rows)
+    return r, (pos % per)[:, None].expand_as(r)
+
+
 def channel_values(s: Slice, t: torch.Tensor) -> torch.Tensor:
-    """(n, d) view of tensor t restricted to the slice's channels (rows for out/channel, columns for in)."""
+    """(n, d) values of tensor t for the slice's channels: rows for producers and per-channel layers, columns
+    for consumers, (group rows, column) entries for grouped-conv consumers."""
     n = s.index.shape[0]
+    pos = s.index.flatten()
     if s.role == "in":
-        cols = t[:, s.index.flatten()]  # (out, n*r, ...)
+        cols = t[:, pos]  # (out, n*r, ...)
         return cols.reshape(t.shape[0], n, -1, *t.shape[2:]).transpose(0, 1).reshape(n, -1)
-    return t[s.index.flatten()].reshape(n, -1)
+    if s.role == "gin":
+        rows, cols = _grouped(s, t, pos)
+        return t[rows, cols].reshape(n, -1)
+    return t.movedim(s.dim % t.dim(), 0)[pos].reshape(n, -1)
+
+
+def write_values(s: Slice, t: torch.Tensor, pos: torch.Tensor, values: torch.Tensor) -> None:
+    """The inverse of channel_values for the positions `pos` (k*r of them, in channel order): values (k, d)."""
+    with torch.no_grad():
+        if s.role == "in":
+            k = len(pos) // s.index.shape[1]
+            shaped = values.reshape(k, t.shape[0], s.index.shape[1], *t.shape[2:]).transpose(0, 1)
+            t[:, pos] = shaped.reshape(t.shape[0], len(pos), *t.shape[2:]).to(t.dtype)
+        elif s.role == "gin":
+            rows, cols = _grouped(s, t, pos)
+            t[rows, cols] = values.reshape(rows.shape[0], rows.shape[1], *t.shape[2:]).to(t.dtype)
+        else:
+            moved = t.movedim(s.dim % t.dim(), 0)
+            moved[pos] = values.reshape(len(pos), *moved.shape[1:]).to(t.dtype)
 
 
 class Importance:
@@ -36,7 +63,7 @@ class Importance:
         raise NotImplementedError
 
     def __call__(self, g: Group) -> torch.Tensor:
-        scores = [sc for s in g.slices if getattr(s.module, "weight", None) is not None
+        scores = [sc for s in g.slices if getattr(s.module, "weight", None) is not None and bool((s.index >= 0).all())
                   for sc in [self.layer_scores(s)] if sc is not None]
         if not scores:
             raise OTCError(f"group {g.root}: importance = {self.name!r} found nothing to score" + self.why_empty)

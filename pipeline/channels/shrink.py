@@ -1,8 +1,10 @@
 """Shrink channel groups. A keep strategy decides, per group, which m of n channels stay and what they hold:
 `TopK` keeps the most important ones as they are (magnitude pruning), `OTFusion` transports all n onto m
-(Intra-Fusion), `Given` takes the channels another method chose (DTP's learned masks). Plans are made on
-the untouched model, then applied group by group: values are written into the kept positions before
-Torch-Pruning removes the rest."""
+(Intra-Fusion), `Given` takes the channels another method chose (DTP's learned masks). Groups split into
+chunks (grouped convolutions, GroupNorm) keep the same count in every chunk and never mix chunks; frozen
+channels are always kept. Plans are made on the untouched model; values are written where they are kept
+(into the first positions of each chunk where a grouped conv reads them) and every layer then loses the
+dropped positions at once."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from tqdm import tqdm
 
 from ..registry import Registry
 from .allocation import kept_count, ratios_for
-from .fusion import fuse_group, group_features, transport_plan
+from .fusion import cost_kind, fusion_maps, group_features, transport_plan, write_group
 from .groups import Group, GroupGraph
 from .importance import Importance, criterion
 
@@ -22,14 +24,20 @@ STRATEGIES = Registry("keep strategy")
 
 
 class Keep:
-    """A keep strategy. `count` is how many channels group g keeps; `plan` returns the kept positions
-    (root channel indices, sorted) and, for fusing strategies, the n x m transport plan."""
+    """A keep strategy. `count` is how many channels group g keeps; `plan` returns the target channels (whose
+    values the kept positions will hold; sorted within each chunk, chunks in order) and, for fusing strategies,
+    the n x m transport plan whose columns follow the targets."""
 
     name = "keep"
     importance: Importance | None = None
 
     def count(self, g: Group, ratio: float, round_to: int) -> int:
-        return kept_count(g.n, ratio, round_to)
+        forced = int(g.forced.sum()) if g.forced is not None else 0
+        return kept_count(g.n, ratio, round_to, g.n_chunks, forced)
+
+    def scores(self, g: Group) -> torch.Tensor:
+        s = self.importance(g).double() if self.importance is not None else torch.zeros(g.n, dtype=torch.float64)
+        return torch.where(g.forced, torch.inf, s) if g.forced is not None else s
 
     def plan(self, g: Group, m: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
@@ -43,7 +51,10 @@ class TopK(Keep):
         self.importance = criterion(importance) if isinstance(importance, str) else importance
 
     def plan(self, g, m):
-        return torch.argsort(self.importance(g), descending=True, stable=True)[:m].sort().values, None
+        s, per = self.scores(g), m // g.n_chunks
+        kept = [members[torch.argsort(s[members], descending=True, stable=True)[:per]].sort().values
+                for members in g.chunk_members()]
+        return torch.cat(kept), None
 
 
 @STRATEGIES.register("intrafusion")
@@ -53,17 +64,31 @@ class OTFusion(TopK):
     def __init__(self, importance="l1", fusion="exact", solver="emd", reg=0.01, targets="top", marginals="uniform"):
         super().__init__(importance)
         self.fusion, self.ot = fusion, dict(solver=solver, reg=reg, targets=targets, marginals=marginals)
+        self.notes: dict[str, str] = {}
 
     def plan(self, g, m):
-        if not g.fusable:  # a grouped conv or an uneven mapping: the channels can only be dropped
+        if not g.fusable:  # a layer reads only part of the group: the channels can only be dropped
+            self.notes[g.root] = f"dropped, not fused: {g.note}"
             return super().plan(g, m)
-        slots_p = transport_plan(group_features(g), self.importance(g), m, **self.ot)
-        return slots_p[1], slots_p[0]
+        feats, s, per = group_features(g), self.scores(g), m // g.n_chunks
+        if cost_kind(g.n // g.n_chunks, per, feats.shape[1]) != "l1":
+            self.notes[g.root] = "L2 transport cost (the L1 cost of a group this wide would take minutes)"
+        targets, blocks = [], []
+        for members in g.chunk_members():  # chunks never mix: one transport per chunk
+            P, local = transport_plan(feats[members], torch.where(s[members].isinf(), 1e30, s[members]), per, **self.ot)
+            targets.append(members[local])
+            blocks.append((members, P))
+        P = torch.zeros(g.n, m, dtype=torch.float64)
+        col = 0
+        for members, Pc in blocks:
+            P[members[:, None], torch.arange(col, col + Pc.shape[1])] = Pc
+            col += Pc.shape[1]
+        return torch.cat(targets), P
 
 
 @dataclass
 class Given(Keep):
-    """Kept channels chosen elsewhere: {group root: root channel indices}. Groups not named stay whole."""
+    """Kept channels chosen elsewhere: {group root: channel indices}. Groups not named stay whole."""
 
     keep: dict[str, torch.Tensor]
     name = "given"
@@ -72,13 +97,24 @@ class Given(Keep):
         return len(self.keep[g.root]) if g.root in self.keep else g.n
 
     def plan(self, g, m):
-        return torch.as_tensor(self.keep[g.root]).sort().values, None
+        kept = torch.as_tensor(self.keep[g.root]).sort().values
+        return torch.cat([kept[torch.isin(kept, members)] for members in g.chunk_members()]), None
+
+
+def slots_for(g: Group, targets: torch.Tensor) -> torch.Tensor:
+    """Where the kept values go: the targets' own positions, or the first positions of each chunk where a
+    grouped convolution reads the group (it takes the same columns in every chunk)."""
+    if not g.placement:
+        return targets
+    per = len(targets) // g.n_chunks
+    return torch.cat([members[:per] for members in g.chunk_members()])
 
 
 def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *, sparsity=0.0, round_to=1, exclude=(),
                     scope=None, data=None, progress=True, **options) -> list[dict]:
-    """Shrink every channel group of `model` in place; returns one record per group (before, after, layers).
-    `keep` is a strategy, or its registered name with `options` for its constructor."""
+    """Shrink every channel group of `model` in place; returns one record per group (before, after, layers)
+    and, as `.left_whole`, the groups left whole with the reason. `keep` is a strategy, or its registered
+    name with `options` for its constructor."""
     if isinstance(keep, str):
         keep = STRATEGIES[keep](**options)
     graph = GroupGraph(model, example, exclude=exclude, scope=scope)
@@ -91,14 +127,29 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
         m = keep.count(g, p, round_to)
         if m < g.n:
             plans.append((g, *keep.plan(g, m)))
-    report = []
-    for g, kept, P in tqdm(plans, desc=keep.name, disable=not progress, leave=False):
+    kept = {}
+    for g, targets, P in tqdm(plans, desc=keep.name, disable=not progress, leave=False):
+        slots = slots_for(g, targets)
         if P is not None:
-            fuse_group(graph.describe(model.get_submodule(g.root)), P, kept, getattr(keep, "fusion", "exact"))
-        graph.prune(g.root, kept)
-        report.append({"group": g.root, "before": g.n, "after": len(kept), "layers": g.layers,
-                       "fused": P is not None, **({"note": g.note} if g.note else {})})
+            write_group(g, *fusion_maps(P, getattr(keep, "fusion", "exact")), slots)
+        elif not torch.equal(slots, targets):  # move the kept channels to their slots
+            T = torch.zeros(len(targets), g.n, dtype=torch.float64)
+            T[torch.arange(len(targets)), targets] = 1.0
+            write_group(g, T, T, slots)
+        kept[g.root] = slots
+    graph.apply(kept)
+    notes = getattr(keep, "notes", {})
+    report = [{"group": g.root, "before": g.n, "after": len(kept[g.root]), "layers": g.layers,
+               "fused": P is not None, **({"note": notes[g.root]} if g.root in notes else {})} for g, _, P in plans]
     listed = {r["group"] for r in report}
     report += [{"group": g.root, "before": g.n, "after": g.n, "layers": g.layers, "fused": False}
                for g in groups if g.root not in listed]
-    return report
+    return Shrunk(report, graph.describe_frozen())
+
+
+class Shrunk(list):
+    """The per-group records, plus `left_whole`: the groups that could not shrink safely, with the reason."""
+
+    def __init__(self, records, left_whole):
+        super().__init__(records)
+        self.left_whole = left_whole

@@ -40,8 +40,16 @@ def describe(target: Path, scope: str | None = None) -> str:
     lines.append(f"channel groups ({graph.scope} scope): {len(groups)}")
     for g in groups:
         kind = "internal" if g.internal else "coupled"
+        extra = [g.note] if g.note else []
+        if g.n_chunks > 1:
+            extra.append(f"{g.n_chunks} equal chunks")
+        if g.forced is not None:
+            extra.append(f"{int(g.forced.sum())} channels always kept")
         lines.append(f"  {g.root:<28} {g.n:>5} channels  stage {g.stage}  {kind:<8} producers: {', '.join(g.producers)}"
-                     + (f"  ({g.note})" if g.note else ""))
+                     + (f"  ({'; '.join(extra)})" if extra else ""))
+    if graph.frozen:
+        lines.append(f"left whole: {len(graph.frozen)}")
+        lines += [f"  {f.root:<28} {f.n:>5} channels  {f.reason}" for f in graph.frozen]
     return "\n".join(lines)
 
 

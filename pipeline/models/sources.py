@@ -22,7 +22,6 @@ def _library(name: str, extra: str):
                        f"install it: pip install 'otcompress[{extra}]'") from None
 
 
-@SOURCES.register("torchvision")
 class TorchVision(Source):
     """`torchvision:NAME`: torchvision.models.get_model(NAME, weights=None, **args); weights come from the
     recipe's checkpoint (a torchvision state_dict .pth), never from the network."""
@@ -41,7 +40,9 @@ class TorchVision(Source):
         return _call(f"torchvision:{name}", lambda **kw: tvm.get_model(name, weights=None, **kw), args)
 
 
-@SOURCES.register("timm")
+SOURCES.register("torchvision", TorchVision())
+
+
 class Timm(Source):
     """`timm:NAME`: timm.create_model(NAME, pretrained=False, **args); weights from the recipe's checkpoint."""
 
@@ -59,6 +60,9 @@ class Timm(Source):
         return _call(f"timm:{name}", lambda **kw: timm.create_model(name, pretrained=False, **kw), args)
 
 
+SOURCES.register("timm", Timm())
+
+
 def _offline():
     for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(k, "1")
@@ -74,7 +78,6 @@ def _hf_class(transformers, config):
     return transformers.AutoModelForImageClassification
 
 
-@SOURCES.register("hf")
 class HuggingFace(Source):
     """`hf:DIR`: a local directory written by save_pretrained (config.json + model.safetensors), loaded with
     local_files_only. The model is adapted to return its logits tensor. compressed.safetensors stores the
@@ -108,6 +111,9 @@ class HuggingFace(Source):
         config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         cls = getattr(transformers, facts["class"])
         return logits_only(cls(config))
+
+
+SOURCES.register("hf", HuggingFace())
 
 
 def hf_module(model: nn.Module) -> bool:

@@ -46,7 +46,7 @@ class Prune(Stage):
         keep = STRATEGIES[self.kind](importance=params["importance"], **{k: params[k] for k in self.strategy_keys})
         groups = shrink_channels(ctx.model, ctx.example, keep, sparsity=params["sparsity"], round_to=params["round_to"],
                                  exclude=params["exclude"], scope=params["scope"], data=data, progress=ctx.progress)
-        return {"groups": groups}
+        return {"groups": list(groups), "left_whole": groups.left_whole}
 
 
 class IntraFusion(Prune):
