@@ -108,7 +108,10 @@ def test_masking_through_bn_affine_equals_scaling_the_output():
                         nn.ReLU(), nn.Conv2d(6, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).train()
     with torch.no_grad():
         net[1].weight.uniform_(0.5, 1.5), net[1].bias.uniform_(-0.5, 0.5)
-    points = [[net[1]], [net[3]]]  # a BN point and a producer without BN
+    from otcompress.channels.groups import Slice
+
+    points = [[Slice("1", net[1], "channel", torch.arange(8)[:, None], ("weight", "bias"))],  # a BN point
+              [Slice("3", net[3], "out", torch.arange(6)[:, None], ("weight", "bias"))]]  # a producer without BN
     mk = TransportMasks([8, 6], [0.5, 0.5], [torch.randn(8), torch.randn(6)], eps=0.5)
     ref_net, ref_mk = copy.deepcopy(net), copy.deepcopy(mk)
     masked = MaskedNet(net, mk, None).train()

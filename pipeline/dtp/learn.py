@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..channels.allocation import kept_count, ratios_for
+from ..channels.allocation import ratios_for
 from ..channels.flops import FlopsModel
-from ..channels.groups import Group, GroupGraph, is_depthwise
+from ..channels.allocation import kept_count
+from ..channels.groups import Group, GroupGraph, Slice, is_depthwise
 from ..channels.importance import criterion
 from ..channels.shrink import Given, shrink_channels
 from ..errors import OTCError
@@ -20,27 +21,46 @@ from .masks import TransportMasks
 from .train import cosine, dist_info, evaluate, maybe_init_distributed, resolve_device, train_epoch
 
 
-def mask_points(model: nn.Module, g: Group) -> list[nn.Module]:
+def mask_points(model: nn.Module, g: Group) -> list[Slice]:
     """Where a group's mask multiplies its channels: after BN (after the last depthwise conv's BN in
-    inverted residuals, so the channel reaching the consumer is really scaled), else the producers."""
+    inverted residuals, so the channel reaching the consumer is really scaled), else the producers. A
+    point is a slice: its positions are the group's channels in that layer (a BN after a concat holds
+    several groups' channels)."""
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    bns = [s for s in g.slices if isinstance(s.module, nn.modules.batchnorm._BatchNorm)]
+    bns = [s for s in g.slices if isinstance(s.module, nn.modules.batchnorm._BatchNorm) and s.index.shape[1] == 1]
     dws = [s for s in g.slices if is_depthwise(s.module)]
     if bns:
         last_dw = max((order[s.name] for s in dws), default=-1)
         pts = [s for s in bns if order[s.name] > last_dw] or bns
     else:
         pts = dws[-1:] if dws else [s for s in g.slices if s.role == "out"]
-    return [s.module for s in pts]
+    return pts
 
 
 @torch.no_grad()
-def fold_mask(module: nn.Module, m: torch.Tensor) -> None:
+def fold_mask(point: Slice, m: torch.Tensor) -> None:
     """Scale a mask point's per-channel outputs by m for good (what MaskedNet did during training)."""
-    shape = (-1,) + (1,) * (module.weight.dim() - 1)
-    module.weight.mul_(m.view(shape).to(module.weight))
-    if getattr(module, "bias", None) is not None:
-        module.bias.mul_(m.to(module.bias))
+    module, pos = point.module, point.index[:, 0]
+    for t in (module.weight, getattr(module, "bias", None)):
+        if t is not None:
+            t[pos] *= m.view((-1,) + (1,) * (t.dim() - 1)).to(t)
+
+
+def allowed_count(g: Group, count: int) -> int:
+    """The nearest count the group allows: a multiple of its chunks, at least its forced channels."""
+    forced = int(g.forced.sum()) if g.forced is not None else 0
+    per = max(1, round(count / g.n_chunks))
+    return min(g.n, max(forced + (forced < g.n), per * g.n_chunks))
+
+
+def hard_keep(g: Group, soft: torch.Tensor, count: int) -> torch.Tensor:
+    """The kept channels: top of the soft mask, the same number in every chunk, forced channels first."""
+    s = soft.double().clone()
+    if g.forced is not None:
+        s[g.forced] = torch.inf
+    per = count // g.n_chunks
+    return torch.cat([members[torch.argsort(s[members], descending=True, stable=True)[:per]].sort().values
+                      for members in g.chunk_members()]).sort().values
 
 
 class Checkpoints:
@@ -140,7 +160,8 @@ class MaskedNet(nn.Module):
         return self.masks(keep=ks, update=self.training)
 
     def forward(self, x):
-        m = self.compute().flatten().index_select(0, self.point_index)  # every point's channels, BN points first
+        flat = self.compute().flatten()
+        m = torch.cat([flat, flat.new_ones(1)]).index_select(0, self.point_index)  # every point's channels, BN points first
         if self._hook_sizes:
             amp = x.is_cuda and torch.is_autocast_enabled("cuda")
             bn_m, hook_m = m.split([sum(self._bn_sizes), sum(self._hook_sizes)])
@@ -155,25 +176,31 @@ class MaskedNet(nn.Module):
                   for (name, _), t in zip(self._bns, ts)}
         return torch.func.functional_call(self.net, params, (x,))
 
-    def attach(self, points: list[list[nn.Module]]) -> list:
-        """Mask group j's channels at each of its points; returns the handles of the hooks it needed."""
-        names = {mod: name for name, mod in self.net.named_modules()}
-        N = self.masks.valid.shape[1]
-        flat = [(j, pt) for j, pts in enumerate(points) for pt in pts]
-        bns = [(j, pt) for j, pt in flat if _affine_bn(pt)]
-        hooked = [(j, pt) for j, pt in flat if not _affine_bn(pt)]
-        self._bns = [(names[pt], pt) for _, pt in bns]
-        self._bn_sizes = [pt.num_features for _, pt in bns]
-        self._hook_sizes = [self.masks.sizes[j] for j, _ in hooked]
-        index = [j * N + torch.arange(self.masks.sizes[j]) for j, _ in bns + hooked]
-        self.register_buffer("point_index", torch.cat(index), persistent=False)
+    def attach(self, points: list[list[Slice]]) -> list:
+        """Mask group j's channels at each of its points; returns the handles of the hooks it needed. Every
+        masked layer gets one index over its channels into [all masks, 1]: channels of other groups (a BN
+        after a concat) read the constant 1."""
+        G, N = self.masks.valid.shape
+        per: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+        for j, pts in enumerate(points):
+            for s in pts:
+                size = s.module.weight.shape[0]
+                mod, idx = per.setdefault(s.name, (s.module, torch.full((size,), G * N, dtype=torch.long)))
+                idx[s.index[:, 0]] = j * N + torch.arange(s.index.shape[0])
+        bns = [(name, m, idx) for name, (m, idx) in per.items() if _affine_bn(m)]
+        hooked = [(name, m, idx) for name, (m, idx) in per.items() if not _affine_bn(m)]
+        self._bns = [(name, m) for name, m, _ in bns]
+        self._bn_sizes = [len(idx) for *_, idx in bns]
+        self._hook_sizes = [len(idx) for *_, idx in hooked]
+        self.register_buffer("point_index", torch.cat([idx for *_, idx in bns + hooked]), persistent=False)
 
-        def hook(i):
-            def scale(mod, inp, out):
-                return out * self.live[i].view(1, -1, *([1] * (out.dim() - 2)))
+        def hook(i, last):
+            def scale(mod, inp, out):  # channels on dim 1 (convs) or last (linear layers)
+                m = self.live[i]
+                return out * (m if last else m.view(1, -1, *([1] * (out.dim() - 2))))
             return scale
 
-        return [pt.register_forward_hook(hook(i)) for i, (_, pt) in enumerate(hooked)]
+        return [m.register_forward_hook(hook(i, isinstance(m, nn.Linear))) for i, (_, m, _) in enumerate(hooked)]
 
 
 def run_dtp(ctx, p: dict) -> dict:
@@ -198,8 +225,10 @@ def run_dtp(ctx, p: dict) -> dict:
         keeps = [keep0] * len(groups)
     else:
         ratios = ratios_for(groups, p["sparsity"])
-        sel = [i for i, r in enumerate(ratios) if kept_count(groups[i].n, r, p["round_to"]) < groups[i].n]
-        keeps = [kept_count(g.n, r, p["round_to"]) / g.n for g, r in zip(groups, ratios)]
+        counts0 = [kept_count(g.n, r, p["round_to"], g.n_chunks, int(g.forced.sum()) if g.forced is not None else 0)
+                   for g, r in zip(groups, ratios)]
+        sel = [i for i, c in enumerate(counts0) if c < groups[i].n]
+        keeps = [c / g.n for g, c in zip(groups, counts0)]
     if not sel:
         raise OTCError("dtp: no group would shrink at this sparsity")
     imp = criterion(p["importance"])
@@ -283,15 +312,16 @@ def run_dtp(ctx, p: dict) -> dict:
     else:
         if budget:
             counts = flops_model.fit_counts(theta.detach().double(), [groups[i].n for i in sel], p["flops"])
+            counts = [allowed_count(groups[i], c) for i, c in zip(sel, counts)]
         else:
-            counts = [round(keeps[i] * groups[i].n) for i in sel]
+            counts = [counts0[i] for i in sel]
         keep = {}
         for j, i in enumerate(sel):
-            kept = masks.hard(j, counts[j])
-            m = masks.current[j, : groups[i].n].clone()
-            for pt in mask_points(model, groups[i]):
+            g = groups[i]
+            m = masks.current[j, : g.n].clone()
+            keep[g.root] = hard_keep(g, m, counts[j])
+            for pt in mask_points(model, g):
                 fold_mask(pt, m)
-            keep[groups[i].root] = kept
         shrink_channels(model, ctx.example, Given(keep), exclude=p["exclude"], scope=p["scope"], progress=False)
 
     # ---- phase 2: fine-tuning ---------------------------------------------------------------

@@ -23,3 +23,8 @@ def logits_only(model: nn.Module) -> nn.Module:
         _CLASSES[cls] = type(cls.__name__, (_LogitsOnly, cls), {"__module__": cls.__module__})
     model.__class__ = _CLASSES[cls]
     return model
+
+
+def unwrapped_class(model: nn.Module) -> type:
+    """The model's own class, under the adapter."""
+    return next(c for c in type(model).__mro__ if c not in _CLASSES.values() and c is not _LogitsOnly)

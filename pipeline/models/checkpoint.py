@@ -3,6 +3,7 @@ Missing, unexpected and mis-shaped keys are reported by name, never ignored."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -69,4 +70,6 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> 
         problems.append(f"shape mismatches: {_names(shapes, 4)}")
     if problems:
         raise OTCError(f"{source}: does not fit the model: " + "; ".join(problems))
-    model.load_state_dict({k: sd.get(k, own[k]) for k in own}, strict=True)
+    full = OrderedDict((k, sd.get(k, own[k])) for k in own)
+    full._metadata = getattr(own, "_metadata", None)  # module versions (torchvision's MNASNet checks its own)
+    model.load_state_dict(full, strict=True)

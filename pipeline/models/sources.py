@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..errors import OTCError
 from . import SOURCES, Source, _call
-from .adapt import logits_only
+from .adapt import logits_only, unwrapped_class
 
 
 def _library(name: str, extra: str):
@@ -66,6 +66,14 @@ SOURCES.register("timm", Timm())
 def _offline():
     for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(k, "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # not installed: the caller says so
+        pass
 
 
 def _hf_class(transformers, config):
@@ -102,7 +110,7 @@ class HuggingFace(Source):
         return logits_only(model)
 
     def facts(self, name, args, model):
-        return {"class": type(model).__mro__[1].__name__, "config": json.loads(model.config.to_json_string())}
+        return {"class": unwrapped_class(model).__name__, "config": json.loads(model.config.to_json_string())}
 
     def rebuild(self, name, args, facts):
         _offline()

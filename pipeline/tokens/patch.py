@@ -101,7 +101,7 @@ class _ReducingBlock:
     def forward(self, x, *args, **kwargs):
         t = self._tok
         mask = next((a for a in (*args, kwargs.get("attn_mask"), kwargs.get("attention_mask")) if isinstance(a, torch.Tensor)), None)
-        if mask is not None:
+        if mask is not None and not t.adapter.internal_mask:
             raise OTCError(f"block {t.layer}: a token-reduced ViT cannot take an attention mask (it is sized for the input "
                            "tokens, but every block changes the token count); call it without one")
         ad = t.adapter

@@ -33,6 +33,7 @@ class TokenAdapter:
     path, dropout), `mlp_residual`, and `finish` for the last block (what the head expects)."""
 
     name = "adapter"
+    internal_mask = False  # the family's own code passes every block an all-visible mask (never a caller's)
 
     def matches(self, model: nn.Module) -> bool:
         raise NotImplementedError

@@ -12,7 +12,12 @@ def _base(model):
 
 
 class HFViT(TokenAdapter):
+    """transformers builds an all-visible bidirectional mask inside the model (it cannot skip it while
+    exporting) and hands it to every layer; the logits-only model takes no mask from its caller, so the
+    reduced layers may ignore it."""
+
     name = "hf-vit"
+    internal_mask = True
 
     def matches(self, model):
         base = _base(model)

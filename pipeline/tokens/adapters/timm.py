@@ -12,6 +12,21 @@ from ..patch import attention, original_class
 POOLS = ("token", "avg", "")
 
 
+def _supported_attention(a) -> bool:
+    """timm's Attention (qkv, qk-norm, scale-norm, gate) or the built-in ViT's, or a subclass that only
+    changes constructor arguments: a forward of its own could compute anything."""
+    from ...models.zoo.vit import Attention as Builtin
+
+    kinds = [Builtin]
+    try:
+        from timm.layers import Attention as TimmAttention
+
+        kinds.append(TimmAttention)
+    except Exception:  # timm is optional
+        pass
+    return any(isinstance(a, k) and type(a).forward is k.forward for k in kinds) and getattr(a, "qkv", None) is not None
+
+
 class TimmViT(TokenAdapter):
     name = "timm-vit"
 
@@ -35,11 +50,9 @@ class TimmViT(TokenAdapter):
             if kind != "Block":
                 return f"block {i} is a {kind}; the token patch implements timm's pre-norm Block only"
             a = b.attn
-            if getattr(a, "qkv", None) is None or not hasattr(a, "num_heads"):
-                return (f"block {i}: attention {type(a).__name__} (separate q/k/v, rotary or differential attention) "
-                        "is not implemented by the token patch")
-            if type(a).__name__ not in ("Attention",):
-                return f"block {i}: attention {type(a).__name__} is not implemented by the token patch"
+            if not _supported_attention(a):
+                return (f"block {i}: attention {type(a).__name__} (separate q/k/v, rotary or differential attention, "
+                        "or a forward of its own) is not implemented by the token patch")
         return None
 
     def blocks(self, model):
