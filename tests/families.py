@@ -62,6 +62,9 @@ def sensible_init(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module
             if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) and getattr(m, "weight", None) is not None:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        for m in model.modules():  # zero-initialised classifier heads (timm ViTs) output nothing to compare
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and not m.weight.any():
+                m.weight.normal_(0, (1.0 / m.weight[0].numel()) ** 0.5, generator=g)
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         for m in bns:
             m.reset_running_stats()
@@ -69,6 +72,10 @@ def sensible_init(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module
         model.train()
         model(x)
         model.eval()
+        out = model(x)
+        out = out if isinstance(out, torch.Tensor) else out.logits
+        if out.std() < 0.05:
+            raise AssertionError(f"{type(model).__name__}: logits std {out.std():.2g}; comparisons would be vacuous")
     return model
 
 

@@ -42,13 +42,24 @@ def distinct_top(f: torch.Tensor, importance: torch.Tensor, m: int) -> torch.Ten
     """Top-m channels by importance, where exact copies of an already chosen channel come last:
     two identical targets would waste a slot (and break exactness on duplicated neurons)."""
     order = torch.argsort(importance, descending=True, stable=True)
-    key = f @ torch.rand(f.shape[1], generator=torch.Generator().manual_seed(0), dtype=f.dtype)  # equal rows, equal keys
-    _, inverse = torch.unique(key, return_inverse=True)
+    label = copies(f)
     seen, first, rest = set(), [], []
     for i in order.tolist():
-        (rest if inverse[i].item() in seen else first).append(i)
-        seen.add(inverse[i].item())
+        (rest if label[i] in seen else first).append(i)
+        seen.add(label[i])
     return torch.tensor((first + rest)[:m]).sort().values
+
+
+def copies(f: torch.Tensor) -> list[int]:
+    """A label per row, equal for exactly equal rows: rows sorted by a random projection, neighbours with
+    (nearly) equal projections compared exactly (BLAS may round identical rows differently)."""
+    key = f @ torch.rand(f.shape[1], generator=torch.Generator().manual_seed(0), dtype=f.dtype)
+    order = torch.argsort(key).tolist()
+    label = list(range(len(order)))
+    for a, b in zip(order, order[1:]):
+        if abs(float(key[b] - key[a])) <= 1e-9 * (abs(float(key[a])) + 1e-30) and torch.equal(f[a], f[b]):
+            label[b] = label[a]
+    return label
 
 
 L1_BUDGET = 2e9  # n*m*d: beyond it the L1 cost takes many seconds on a CPU (a 4096-wide classifier: minutes)
