@@ -134,10 +134,11 @@ def _run(recipe, out, force, resume, progress, rank) -> dict:
         p.requires_grad_(False)
     d = recipe.data or {}
     probe = probe_inputs(d.get("eval"), d.get("mean"), d.get("std"), d.get("limit"), 0, recipe.model["input_shape"])
-    ctx = Context(recipe=recipe, model=model, original=original, out=stage_dir, probe=probe,
-                  ref_logits=predict(original, torch.from_numpy(probe.x)), progress=progress and rank == 0,
-                  resume=resume, ckpt_dir=ckpt_dir)
-    records = [measure(ctx, "original", {}, 0.0)]
+    with stage_scope("measuring the original model", str(recipe.path)):
+        ctx = Context(recipe=recipe, model=model, original=original, out=stage_dir, probe=probe,
+                      ref_logits=predict(original, torch.from_numpy(probe.x)), progress=progress and rank == 0,
+                      resume=resume, ckpt_dir=ckpt_dir)
+        records = [measure(ctx, "original", {}, 0.0)]
     for i, st in enumerate(recipe.stages):
         stage = STAGES[st["kind"]]
         params = {k: v for k, v in st.items() if k != "kind"}
@@ -147,18 +148,18 @@ def _run(recipe, out, force, resume, progress, rank) -> dict:
         t0 = time.perf_counter()
         with stage_scope(f"stages[{i}] ({st['kind']})", str(recipe.path)):
             details = stage.apply(ctx, params)
-        if rank != 0 and stage.trains:
-            shutil.rmtree(stage_dir, ignore_errors=True)
-            return {"rank": rank, "validation": {"passed": True}, "out": str(out)}  # the other ranks only train
-        secs = time.perf_counter() - t0
-        if stage.changes_model:
-            records.append(measure(ctx, st["kind"], params, secs, details))
-        else:  # exports and validation leave the model as it was: no need to run the probe again
-            rec = {k: v for k, v in records[-1].items() if k != "details"}
-            rec.update(kind=st["kind"], config=params, seconds=round(secs, 3))
-            if details:
-                rec["details"] = details
-            records.append(rec)
+            if rank != 0 and stage.trains:
+                shutil.rmtree(stage_dir, ignore_errors=True)
+                return {"rank": rank, "validation": {"passed": True}, "out": str(out)}  # the other ranks only train
+            secs = time.perf_counter() - t0
+            if stage.changes_model:
+                records.append(measure(ctx, st["kind"], params, secs, details))
+            else:  # exports and validation leave the model as it was: no need to run the probe again
+                rec = {k: v for k, v in records[-1].items() if k != "details"}
+                rec.update(kind=st["kind"], config=params, seconds=round(secs, 3))
+                if details:
+                    rec["details"] = details
+                records.append(rec)
 
     with stage_scope("saving and reloading the result"):
         save_compressed(stage_dir / "compressed.safetensors", ctx.model, build_meta(recipe, ctx))

@@ -96,6 +96,18 @@ def _from_tar(path: Path) -> Dataset:
     return _stack(items, path)
 
 
+def has_labels(path: str | Path) -> bool:
+    """Whether a data source carries labels, without loading it (ImageFolders are labelled by their folders)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return "y" in z.files
+        except Exception as e:
+            raise OTCError(f"{path}: not a readable .npz file ({e})") from None
+    return True
+
+
 _CACHE: dict[tuple, Dataset] = {}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from ..errors import OTCError
-from .groups import Group
+from .groups import Group, stage_of
 
 
 def check_sparsity(v) -> str | None:
@@ -32,8 +32,12 @@ def ratios_for(groups: list[Group], sparsity) -> list[float]:
         for g in groups:
             hit = next((v for p, v in sparsity.items() if g.matches(p)), 0.0)
             out.append(float(hit))
+        unused = [p for p in sparsity if not any(g.matches(p) for g in groups)]
+        if unused:
+            raise OTCError(f"sparsity pattern(s) {unused} match no channel group; the groups are "
+                           f"{', '.join(g.root for g in groups[:8])}{' …' if len(groups) > 8 else ''} (see otcompress inspect)")
         return out
-    staged = any(g.root.startswith("layer") or ".layer" in g.root for g in groups)
+    staged = any(stage_of(g.root) is not None for g in groups)
     if staged:
         stages = sorted({g.stage for g in groups})
         if max(stages) >= len(sparsity):

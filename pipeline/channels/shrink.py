@@ -127,7 +127,7 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
         m = keep.count(g, p, round_to)
         if m < g.n:
             plans.append((g, *keep.plan(g, m)))
-    kept = {}
+    kept, chosen = {}, {}
     for g, targets, P in tqdm(plans, desc=keep.name, disable=not progress, leave=False):
         slots = slots_for(g, targets)
         if P is not None:
@@ -137,6 +137,7 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
             T[torch.arange(len(targets)), targets] = 1.0
             write_group(g, T, T, slots)
         kept[g.root] = slots
+        chosen[g.root] = targets
     graph.apply(kept)
     notes = getattr(keep, "notes", {})
     report = [{"group": g.root, "before": g.n, "after": len(kept[g.root]), "layers": g.layers,
@@ -144,12 +145,13 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
     listed = {r["group"] for r in report}
     report += [{"group": g.root, "before": g.n, "after": g.n, "layers": g.layers, "fused": False}
                for g in groups if g.root not in listed]
-    return Shrunk(report, graph.describe_frozen())
+    return Shrunk(report, graph.describe_frozen(), chosen)
 
 
 class Shrunk(list):
-    """The per-group records, plus `left_whole`: the groups that could not shrink safely, with the reason."""
+    """The per-group records, plus `left_whole` (the groups that could not shrink safely, with the reason)
+    and `chosen` (per group, the channels whose values were kept: Given(chosen) repeats the choice)."""
 
-    def __init__(self, records, left_whole):
+    def __init__(self, records, left_whole, chosen):
         super().__init__(records)
-        self.left_whole = left_whole
+        self.left_whole, self.chosen = left_whole, chosen

@@ -70,6 +70,10 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> 
         problems.append(f"shape mismatches: {_names(shapes, 4)}")
     if problems:
         raise OTCError(f"{source}: does not fit the model: " + "; ".join(problems))
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise OTCError(f"{source}: {len(bad)} tensor(s) hold NaN or Inf values (first: {', '.join(sorted(bad)[:3])}); "
+                       "a compressed model of them could not be validated")
     full = OrderedDict((k, sd.get(k, own[k])) for k in own)
     full._metadata = getattr(own, "_metadata", None)  # module versions (torchvision's MNASNet checks its own)
     model.load_state_dict(full, strict=True)

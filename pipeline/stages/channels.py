@@ -5,6 +5,7 @@ from ..channels.allocation import check_sparsity
 from ..channels.fusion import FUSIONS
 from ..channels.importance import IMPORTANCE
 from ..channels.shrink import STRATEGIES, shrink_channels
+from ..errors import OTCError
 from ..recipe.schema import Field
 from .base import Stage
 
@@ -23,6 +24,16 @@ COMMON = {
     "scope": Field((str,), choices=("all", "internal"),
                    help="'all' or 'internal' (block-internal channels only; the default for option-A ResNets)"),
 }
+
+
+def nothing_to_do(kind: str, sparsity, groups) -> None:
+    """A channel stage that asked for shrinking and shrank nothing is an error, not a silent no-op."""
+    asked = any(v > 0 for v in (sparsity.values() if isinstance(sparsity, dict) else
+                                sparsity if isinstance(sparsity, list) else [sparsity]))
+    if asked and not any(g["after"] < g["before"] for g in groups):
+        whole = "; ".join(f"{f['group']}: {f['reason']}" for f in groups.left_whole[:4])
+        raise OTCError(f"{kind}: nothing to shrink at this sparsity ({len(groups)} shrinkable groups"
+                       + (f"; left whole: {whole}" if whole else "") + ")")
 
 
 class Prune(Stage):
@@ -46,6 +57,7 @@ class Prune(Stage):
         keep = STRATEGIES[self.kind](importance=params["importance"], **{k: params[k] for k in self.strategy_keys})
         groups = shrink_channels(ctx.model, ctx.example, keep, sparsity=params["sparsity"], round_to=params["round_to"],
                                  exclude=params["exclude"], scope=params["scope"], data=data, progress=ctx.progress)
+        nothing_to_do(self.kind, params["sparsity"], groups)
         return {"groups": list(groups), "left_whole": groups.left_whole}
 
 

@@ -12,6 +12,15 @@ from .base import Stage
 from .channels import COMMON
 
 
+def labelled(data: dict | None) -> list[str]:
+    """Training stages need labels: say so before any work, not after the first stages ran."""
+    from ..data import has_labels
+
+    if data and data.get("train") and not has_labels(data["train"]):
+        return [f"[data].train = {data['train']} has no labels (an .npz needs an array 'y')"]
+    return []
+
+
 class DTP(Stage):
     kind = "dtp"
     trains = True
@@ -46,7 +55,7 @@ class DTP(Stage):
         return {"shrunk"}
 
     def check(self, params, model, data, facts):
-        errs = []
+        errs = labelled(data)
         if (params["sparsity"] is None) == (params["flops"] is None):
             errs.append("give exactly one of sparsity (per-group keep ratios) or flops (fraction of FLOPs to keep)")
         if params["device"] == "cuda" and not torch.cuda.is_available():

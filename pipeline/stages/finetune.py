@@ -3,7 +3,7 @@ pruning or Intra-Fusion with DTP at the same training budget. Same loop, DDP and
 
 from ..recipe.schema import Field
 from .base import Stage
-from .dtp import DTP
+from .dtp import DTP, labelled
 
 TRAIN_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "device", "seed", "augment", "compile")
 
@@ -15,6 +15,9 @@ class Finetune(Stage):
 
     def needs(self, params):
         return {"data.train": "finetune trains", "shrunk|tokens": "it fine-tunes a compressed model"}
+
+    def check(self, params, model, data, facts):
+        return labelled(data)
 
     def apply(self, ctx, params):
         import torch

@@ -89,8 +89,8 @@ class VisionTransformer(nn.Module):
 
 
 def vit(config=None, **kwargs):
-    cfg = dict(CONFIGS[config]) if config else {}
     if config and config not in CONFIGS:
         raise ValueError(f"unknown vit config {config!r}; known: {', '.join(CONFIGS)}")
+    cfg = dict(CONFIGS[config]) if config else {}
     cfg.update(kwargs)
     return VisionTransformer(**cfg)
