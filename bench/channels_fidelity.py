@@ -1,5 +1,5 @@
 """Data-free fidelity of channel shrinking on the real checkpoints: top-1 and mean logit l2 distance to
-the original for prune, intrafusion (exact) and intrafusion (reference) at sparsity 0.1 ... 0.7, BN folded
+the original for prune and intrafusion (merge: the default; exact; reference) at sparsity 0.1 ... 0.7, BN folded
 first (`--no-fold-bn`: BN kept and shrunk with its group). `--pattern 0ppp` applies the sparsity as DTP's
 [0, p, p, p] (stem stage kept), e.g. the start points of the DTP benchmark's Intra-Fusion rows.
 
@@ -32,6 +32,7 @@ torch.set_grad_enabled(False)
 rows = []
 for name in args.models.split(","):
     base = load(name)
+    unfolded = None if args.no_fold_bn else copy.deepcopy(base)
     x, y = eval_data(name, args.limit)
     x, y = x[:: args.every], y[:: args.every]
     if not args.no_fold_bn:
@@ -40,13 +41,13 @@ for name in args.models.split(","):
     acc0 = float((ref.argmax(-1) == y).float().mean())
     print(f"{name}: original top-1 {acc0:.4f} on {len(x)} images")
     for sp in [float(s) for s in args.sparsities.split(",")]:
-        for method, fusion in (("prune", None), ("intrafusion", "exact"), ("intrafusion", "reference")):
+        for method, fusion in (("prune", None), ("intrafusion", "merge"), ("intrafusion", "exact"), ("intrafusion", "reference")):
             m = copy.deepcopy(base)
             t0 = time.perf_counter()
             kw = {"fusion": fusion} if fusion else {}
             with torch.enable_grad():
                 shrink_channels(m, x[:1], method, sparsity=sp if args.pattern == "uniform" else [0, sp, sp, sp],
-                                progress=False, **kw)
+                                unfolded=unfolded, progress=False, **kw)
             secs = time.perf_counter() - t0
             f = fidelity(ref, predict(m, x), y)
             label = method if not fusion else f"intrafusion-{fusion}"

@@ -18,7 +18,7 @@ def plot(paths, out):
     names = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 7), squeeze=False)
     for j, name in enumerate(names):
-        for method in ("prune", "intrafusion-exact", "intrafusion-reference"):
+        for method in ("prune", "intrafusion-merge", "intrafusion-exact", "intrafusion-reference"):
             rs = [r for r in rows if r["model"] == name and r["method"] == method]
             axes[0][j].plot([r["sparsity"] for r in rs], [100 * r["top1"] for r in rs], marker="o", label=method)
             axes[1][j].plot([r["sparsity"] for r in rs], [r["mean_logit_l2"] for r in rs], marker="o", label=method)

@@ -1,5 +1,6 @@
-"""Backends: how a compressed model is exported and run. Each is one BACKENDS entry naming its artifact
-file and its Runner; the validate stage, the validate command and `bench` all find them here."""
+"""Backends: how an exported model is run. Each is one BACKENDS entry naming the artifact file it runs and
+its Runner; the validate stage, the validate command and `bench` check an artifact with every backend
+registered for it (a second runtime for model.onnx is one more entry)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,21 @@ class Backend:
     name: str
     artifact: str  # file name inside an artifact folder
     suffixes: tuple[str, ...]  # files this backend runs
-    runner: str  # "module:Class", imported on use (TensorRT imports only where installed)
+    runner: str | type  # a Runner class, or "module:Class" imported on use (TensorRT imports only where installed)
 
     def open(self, path: str | Path, **kw):
-        import importlib
+        cls = self.runner
+        if isinstance(cls, str):
+            import importlib
 
-        mod, _, cls = self.runner.partition(":")
-        return getattr(importlib.import_module(mod), cls)(path, **kw)
+            mod, _, attr = cls.partition(":")
+            cls = getattr(importlib.import_module(mod), attr)
+        runner = cls(path, **kw)
+        runner.name = self.name
+        return runner
 
 
 BACKENDS = Registry("backend")
 BACKENDS.register("onnxruntime", Backend("onnxruntime", "model.onnx", (".onnx",), "otcompress.exporters.onnx:OrtRunner"))
 BACKENDS.register("tensorrt", Backend("tensorrt", "model.plan", (".plan", ".engine"), "otcompress.exporters.tensorrt:TrtRunner"))
 
-
-def backend_for(path: Path) -> Backend | None:
-    return next((b for _, b in BACKENDS.items() if path.suffix in b.suffixes), None)

@@ -177,11 +177,18 @@ class OrtRunner(Runner):
         self.output_names = [o.name for o in proto.graph.output]
         self.session = None
 
-    def _activate(self):
+    def options(self):
+        """Session options (a subclass changes them: another optimisation level, threads, ...)."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        return so
+
+    def _activate(self):
+        import onnxruntime as ort
+
+        so = self.options()
         try:
             if self.reports_decisions:
                 proto = onnx.load(str(self.path))

@@ -76,8 +76,8 @@ def build_meta(recipe: Recipe, ctx: Context) -> dict:
             "original": {"checkpoint": m["checkpoint"], "sha256": sha256_file(m["checkpoint"]) if m["checkpoint"] else None,
                          "seed": SEED},
             "tokens": ctx.tokens, "gate": ctx.gate,
-            "exports": {name: {"file": e.path.name, "precision": e.precision} for name, e in ctx.exports.items()},
-            "tensorrt_precision": ctx.exports["tensorrt"].precision if "tensorrt" in ctx.exports else None}
+            "exports": {name: {"precision": e.precision} for name, e in ctx.exports.items()},
+            "tensorrt_precision": ctx.exports["model.plan"].precision if "model.plan" in ctx.exports else None}
 
 
 def self_check(ctx: Context, path: Path, samples: int = 8) -> dict:
@@ -103,10 +103,11 @@ def self_check(ctx: Context, path: Path, samples: int = 8) -> dict:
     result = {"reload_max_abs": err, "exports": {}}
     ref = TorchRunner(model, "pytorch:reloaded", input_shape=ctx.input_shape)
     ref_outs = ref.infer_batched(x, decisions=True)
-    for name, e in ctx.exports.items():
-        if name not in BACKENDS:
+    for name, b in BACKENDS.items():
+        e = ctx.exports.get(b.artifact)
+        if e is None:
             continue
-        with BACKENDS[name].open(e.path) as runner:
+        with b.open(e.path) as runner:
             checks = export_checks(ref, runner, x, ref_outs, Gate(atol=1e-4, rtol=1e-3, min_decision_agreement=0.0))
         bad = [c for c in checks if not c["passed"]]
         if bad:

@@ -17,9 +17,9 @@ from .validation.inputs import Probe
 
 @dataclass
 class Export:
-    """An exported artifact: which backend runs it, where it is, and the precision it was built in."""
+    """An exported artifact (every registered backend whose `artifact` it is runs it), and the precision it
+    was built in."""
 
-    backend: str
     path: Path
     precision: str = "fp32"
     dynamic_batch: bool = False
@@ -37,7 +37,9 @@ class Context:
     resume: bool = False
     ckpt_dir: Path | None = None  # where training stages checkpoint (the staging folder; shared by all ranks)
     stage_index: int = 0
-    exports: dict[str, Export] = field(default_factory=dict)  # backend name -> artifact
+    exports: dict[str, Export] = field(default_factory=dict)  # artifact file name -> what it is
+    folded: bool = False  # a fold_bn stage ran (the original's equivalent is the original folded)
+    channel_maps: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (new outputs x original outputs)
     tokens: dict | None = None  # the tokens stage's config (rebuilds the patch on load)
     gate: dict | None = None  # the validate stage's settings (reused by `otcompress validate`)
     validation: dict | None = None  # the validate stage's result
@@ -49,6 +51,12 @@ class Context:
     @property
     def example(self) -> torch.Tensor:
         return torch.zeros((1, *self.input_shape[1:]))
+
+    def record_shrink(self, maps: dict[str, torch.Tensor]) -> None:
+        """Compose a channel stage's output maps with the earlier ones (repair reads them)."""
+        for name, m in maps.items():
+            prev = self.channel_maps.get(name)
+            self.channel_maps[name] = m @ prev if prev is not None and prev.shape[0] == m.shape[1] else m
 
     def checkpoint(self, kind: str) -> Path:
         """This stage's own checkpoint file: stages never share one."""

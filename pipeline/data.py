@@ -20,7 +20,6 @@ IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 class Dataset:
     x: torch.Tensor  # uint8 NCHW (raw pixels) or float NCHW (already scaled)
     y: torch.Tensor | None
-    classes: list[str] | None = None
 
     def __len__(self):
         return self.x.shape[0]
@@ -54,8 +53,7 @@ def _from_npz(path: Path) -> Dataset:
         t = torch.from_numpy(x.astype(np.float32))
     if y is not None and len(y) != len(x):
         raise OTCError(f"{path}: x has {len(x)} samples but y has {len(y)}")
-    classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
-    return Dataset(t, torch.from_numpy(y.astype(np.int64)) if y is not None else None, classes)
+    return Dataset(t, torch.from_numpy(y.astype(np.int64)) if y is not None else None)
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -65,11 +63,14 @@ def _decode(data: bytes) -> np.ndarray:
     return np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16") else "RGB"))
 
 
-def _stack(items: list[tuple[str, str, bytes]], where: Path) -> Dataset:
+def _stack(items: list[tuple[str, str, bytes]], where: Path, pick=None) -> Dataset:
+    """Decode an ImageFolder's images (sorted by class and name), or only the `pick` indices of them."""
     if not items:
         raise OTCError(f"{where}: no images found; expected an ImageFolder layout <root>/<class>/<image>")
     classes = sorted({c for c, _, _ in items})
     items.sort(key=lambda t: (t[0], t[1]))
+    if pick is not None:
+        items = [items[i] for i in pick]
     arrs = [_decode(b) for _, _, b in items]
     shapes = {a.shape for a in arrs}
     if len(shapes) != 1:
@@ -78,22 +79,23 @@ def _stack(items: list[tuple[str, str, bytes]], where: Path) -> Dataset:
     if x.ndim == 3:
         x = x[..., None]
     y = np.array([classes.index(c) for c, _, _ in items])
-    return Dataset(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y), classes)
+    return Dataset(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y))
 
 
-def _from_dir(path: Path) -> Dataset:
-    items = [(f.parent.name, f.name, f.read_bytes()) for f in path.glob("*/*") if f.suffix.lower() in IMG_EXT]
-    return _stack(items, path)
-
-
-def _from_tar(path: Path) -> Dataset:
+def _items(path: Path) -> list[tuple[str, str, bytes]]:
+    """An ImageFolder directory's or tarball's images as (class, name, encoded bytes), not yet decoded."""
+    if path.is_dir():
+        return [(f.parent.name, f.name, f.read_bytes()) for f in path.glob("*/*") if f.suffix.lower() in IMG_EXT]
     items = []
-    with tarfile.open(path) as tf:
-        for m in tf:
-            p = Path(m.name)
-            if m.isfile() and p.suffix.lower() in IMG_EXT:
-                items.append((p.parent.name, p.name, tf.extractfile(m).read()))
-    return _stack(items, path)
+    try:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                p = Path(m.name)
+                if m.isfile() and p.suffix.lower() in IMG_EXT:
+                    items.append((p.parent.name, p.name, tf.extractfile(m).read()))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise OTCError(f"{path}: not a readable tar archive ({e})") from None
+    return items
 
 
 def has_labels(path: str | Path) -> bool:
@@ -111,20 +113,32 @@ def has_labels(path: str | Path) -> bool:
 _CACHE: dict[tuple, Dataset] = {}
 
 
+def sample_dataset(path: str | Path, n: int, seed: int = 0) -> Dataset:
+    """n images drawn at random (seeded, without replacement): an ImageFolder decodes only those."""
+    path = Path(path)
+    if path.suffix == ".npz" or n <= 0:
+        ds = load_dataset(path)
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return Dataset(ds.x[idx], ds.y[idx] if ds.y is not None else None)
+    _check_format(path)
+    items = _items(path)
+    idx = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
+    return _stack(items, path, idx)
+
+
+def _check_format(path: Path) -> None:
+    if not (path.is_dir() or path.suffix == ".npz" or path.name.endswith((".tar", ".tar.gz", ".tgz"))):
+        raise OTCError(f"{path}: unknown data format; expected .npz, an ImageFolder directory or a .tar(.gz) of one")
+
+
 def load_dataset(path: str | Path, limit: int | None = None) -> Dataset:
     path = Path(path)
     key = (str(path.resolve()), path.stat().st_mtime if path.exists() else None)
     if key not in _CACHE:
-        if path.is_dir():
-            ds = _from_dir(path)
-        elif path.suffix == ".npz":
-            ds = _from_npz(path)
-        elif path.name.endswith((".tar", ".tar.gz", ".tgz")):
-            ds = _from_tar(path)
-        else:
-            raise OTCError(f"{path}: unknown data format; expected .npz, an ImageFolder directory or a .tar(.gz) of one")
+        _check_format(path)
+        ds = _from_npz(path) if path.suffix == ".npz" else _stack(_items(path), path)
         _CACHE[key] = ds
     ds = _CACHE[key]
     if limit is not None and limit < len(ds):
-        return Dataset(ds.x[:limit], ds.y[:limit] if ds.y is not None else None, ds.classes)
+        return Dataset(ds.x[:limit], ds.y[:limit] if ds.y is not None else None)
     return ds

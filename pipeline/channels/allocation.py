@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..errors import OTCError
+from ..registry import Registry
 from .groups import Group, stage_of
 
 
@@ -63,3 +66,53 @@ def kept_count(n: int, ratio: float, round_to: int = 1, chunks: int = 1, forced:
     elif chunks > 1:
         keep = max(chunks, int(round(keep / chunks)) * chunks)
     return int(min(n, max(1, keep)))
+
+
+# ---- FLOPs targets ------------------------------------------------------------------------------
+ALLOCATIONS = Registry("allocation criterion")
+
+
+def _closest(ratio_of, lo: float, hi: float, target: float, steps: int = 40) -> float:
+    """The parameter in [lo, hi] whose FLOPs ratio (decreasing in it) is closest to target."""
+    best = lo
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        r = ratio_of(mid)
+        if abs(r - target) < abs(ratio_of(best) - target):
+            best = mid
+        lo, hi = (mid, hi) if r > target else (lo, mid)
+    return best
+
+
+@ALLOCATIONS.register("uniform")
+def uniform(groups, flops, target, count_at, scores) -> list[int]:
+    """One sparsity for every group, chosen so the FLOPs land on the target."""
+    def counts(p):
+        return [count_at(g, p) for g in groups]
+
+    def ratio(p):
+        return float(flops.ratio([c / g.n for c, g in zip(counts(p), groups)]))
+
+    return counts(_closest(ratio, 0.0, 0.999, target))
+
+
+@ALLOCATIONS.register("global")
+def global_threshold(groups, flops, target, count_at, scores) -> list[int]:
+    """One importance threshold across groups (scores normalised per layer, as Torch-Pruning's global
+    pruning does): a group keeps its channels above it, so unimportant layers shrink more."""
+    s = [scores(g) for g in groups]
+    finite = torch.cat([x[torch.isfinite(x)] for x in s])
+
+    def counts(t):
+        return [count_at(g, 1.0 - float((x >= t).double().mean())) for g, x in zip(groups, s)]
+
+    def ratio(t):
+        return float(flops.ratio([c / g.n for c, g in zip(counts(t), groups)]))
+
+    return counts(_closest(ratio, float(finite.min()), float(finite.max()) + 1e-9, target))
+
+
+def check_flops(v) -> str | None:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1:
+        return None
+    return "expected the fraction of FLOPs to keep, in (0, 1]"

@@ -27,31 +27,43 @@ def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
 
 
 class FlopsModel:
+    """Conv/linear FLOPs as a function of each group's keep ratio k_g: a layer costs its dense FLOPs times the
+    kept fraction of its inputs (a share-weighted mix of the groups it reads: concat consumers read several)
+    times the kept fraction of its outputs (its own group; depthwise convs count once)."""
+
     def __init__(self, model: nn.Module, example: torch.Tensor, groups: list[Group]):
         self.base = layer_flops(model, example)
         self.total = sum(self.base.values())
-        role = {}
+        names = list(self.base)
+        row = {n: i for i, n in enumerate(names)}
+        G = len(groups)
+        a_in = torch.zeros(len(names), G + 1, dtype=torch.float64)
+        a_out = torch.zeros(len(names), G + 1, dtype=torch.float64)
+        mods = dict(model.named_modules())
         for gi, g in enumerate(groups):
             for s in g.slices:
-                if isinstance(s.module, (CONV, nn.Linear)):
-                    r = "both" if is_depthwise(s.module) else ("in" if s.role == "gin" else s.role)
-                    role.setdefault(s.name, {})[r] = gi
-        none = len(groups)  # index of the constant 1 appended to the keep ratios
-        gin, gout = [], []
-        for name in self.base:
-            r = role.get(name, {})
-            gin.append(none if "both" in r else r.get("in", none))
-            gout.append(r.get("both", r.get("out", none)))
+                if s.name not in row or not isinstance(s.module, (CONV, nn.Linear)):
+                    continue
+                r = row[s.name]
+                width = s.module.weight.shape[0]
+                if is_depthwise(s.module) or s.role == "out":
+                    a_out[r, gi] = (s.index >= 0).sum().item() / width
+                elif s.role in ("in", "gin"):
+                    m = mods[s.name]
+                    in_width = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+                    a_in[r, gi] += (s.index >= 0).sum().item() / in_width
+        a_in[:, G] = 1 - a_in[:, :G].sum(1)  # inputs no group shrinks
+        a_out[:, G] = 1 - a_out[:, :G].sum(1)
         self.flops = torch.tensor(list(self.base.values()), dtype=torch.float64)
-        self.gin, self.gout = torch.tensor(gin), torch.tensor(gout)
+        self.a_in, self.a_out = a_in, a_out
 
     def ratio(self, keep) -> torch.Tensor:
         """Fraction of the dense conv/linear FLOPs that survive with these keep ratios (one per group; a
         tensor keeps its device and gradient). A few vectorised kernels: it runs every step in budget mode."""
         k = torch.as_tensor(keep, dtype=torch.float64)
         k = torch.cat([k.double(), k.new_ones(1, dtype=torch.float64)])
-        f, gin, gout = (t.to(k.device) for t in (self.flops, self.gin, self.gout))
-        return (f * k[gin] * k[gout]).sum() / self.total
+        f, a_in, a_out = (t.to(k.device) for t in (self.flops, self.a_in, self.a_out))
+        return (f * (a_in @ k) * (a_out @ k)).sum() / self.total
 
     def uniform_keep(self, target: float, n: int) -> float:
         lo, hi = 0.0, 1.0

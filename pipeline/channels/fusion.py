@@ -8,6 +8,8 @@ it is kept as fusion = "reference" for comparison."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import ot
 import torch
@@ -36,6 +38,32 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Ten
             if len(members):
                 cent[j] = members.mean(0)
     return cent
+
+
+def medoids(f: torch.Tensor, importance: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means into m clusters; each cluster's most important member among the nearest to its centroid
+    (sorted channel indices) and the cluster sizes (an empty cluster takes the next most important channel)."""
+    cent = kmeans(f, m)
+    assign = torch.cdist(f, cent).argmin(1)
+    chosen, sizes = [], []
+    for j in range(m):
+        members = torch.nonzero(assign == j).flatten()
+        if len(members) == 0:
+            continue
+        d = (f[members] - cent[j]).norm(dim=1)
+        near = members[d <= d.min() + 1e-9]
+        chosen.append(int(near[torch.argmax(importance[near])]))
+        sizes.append(len(members))
+    for i in torch.argsort(importance, descending=True).tolist():  # empty clusters: fill with important channels
+        if len(chosen) == m:
+            break
+        if i not in chosen:
+            chosen.append(i)
+            sizes.append(0)
+    order = torch.argsort(torch.tensor(chosen))
+    sz = torch.tensor(sizes, dtype=torch.float64)[order]
+    sz = sz + (sz == 0).double() * 1e-6  # a filler target still needs a little mass
+    return torch.tensor(chosen)[order], sz / sz.sum() * f.shape[0]
 
 
 def distinct_top(f: torch.Tensor, importance: torch.Tensor, m: int) -> torch.Tensor:
@@ -76,11 +104,20 @@ def transport_plan(features: torch.Tensor, importance: torch.Tensor, m: int, *, 
     """Returns (P, slots): P is n x m, slots the m channel indices whose positions receive the targets."""
     n = features.shape[0]
     f = torch.nn.functional.normalize(features.double(), dim=1)
-    slots = distinct_top(f, importance, m)
-    tgt = f[slots] if targets == "top" else torch.nn.functional.normalize(kmeans(f, m), dim=1)
+    sizes = None
+    if targets == "medoids":  # one kept channel per cluster of similar channels, the one nearest its centroid
+        slots, sizes = medoids(f, importance, m)
+    else:
+        slots = distinct_top(f, importance, m)
+    tgt = torch.nn.functional.normalize(kmeans(f, m), dim=1) if targets == "centroids" else f[slots]
     p = 1 if cost_kind(n, m, f.shape[1]) == "l1" else 2
     cost = torch.cdist(f.float(), tgt.float(), p=p).double().numpy()
-    if marginals == "uniform":
+    if marginals == "nearest":  # each target receives the channels nearest to it (unbalanced, no forced mixing)
+        counts = np.bincount(cost.argmin(1), minlength=m).astype(np.float64) + 1e-9
+        a, b = np.full(n, 1.0 / n), counts / counts.sum()
+    elif sizes is not None and marginals == "uniform":  # each medoid receives its cluster
+        a, b = np.full(n, 1.0 / n), sizes.numpy() / n
+    elif marginals == "uniform":
         a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     else:
         imp = importance.double().clamp_min(1e-12).numpy()
@@ -94,24 +131,58 @@ def transport_plan(features: torch.Tensor, importance: torch.Tensor, m: int, *, 
     return torch.from_numpy(np.asarray(P)), slots
 
 
+@dataclass
+class Transport:
+    """An optimal-transport plan and what fusion variants may read: P (n x m, columns in `targets` order),
+    the target channels, and each channel's producer weight norm (rows and biases of the group's producers)."""
+
+    P: torch.Tensor
+    targets: torch.Tensor | None = None
+    norms: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # (n, d) the producers' rows and biases, for variants that need them
+
+
 @FUSIONS.register("exact")
-def exact_maps(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_maps(t: Transport) -> tuple[torch.Tensor, torch.Tensor]:
     """Function-preserving: producers average their sources (P / b), consumers sum them (P / a)."""
+    P = t.P
     a = P.sum(1).clamp_min(1e-300)
     b = P.sum(0).clamp_min(1e-300)
     return (P / b[None, :]).T, (P / a[:, None]).T
 
 
 @FUSIONS.register("reference")
-def reference_maps(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_maps(t: Transport) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference code's maps: P / a on both sides, so producers are summed (n/m times too large)."""
-    t_in = (P / P.sum(1).clamp_min(1e-300)[:, None]).T
+    t_in = (t.P / t.P.sum(1).clamp_min(1e-300)[:, None]).T
     return t_in, t_in
 
 
-def fusion_maps(P: torch.Tensor, fusion: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+@FUSIONS.register("merge")
+def merge_maps(t: Transport) -> tuple[torch.Tensor, torch.Tensor]:
+    """Producers stay the target channels exactly; each consumer column absorbs its sources' columns, scaled
+    by the sources' producer norm over the target's: a ReLU channel whose weights point where its target's
+    do is that target's output times the norm ratio (Neuron Merging, Kim et al. 2020, on the OT plan).
+    Exact on duplicated channels; the kept features are the originals, so a least-squares repair refits on
+    undistorted inputs."""
+    P = t.P
+    n, m = P.shape
+    t_out = torch.zeros(m, n, dtype=P.dtype)
+    t_out[torch.arange(m), t.targets] = 1.0
+    ratio = t.norms[:, None] / t.norms[t.targets][None, :].clamp_min(1e-12)  # (n, m)
+    return t_out, (P / P.sum(1).clamp_min(1e-300)[:, None] * ratio).T
+
+
+def fusion_maps(P: torch.Tensor, fusion: str = "exact", targets=None, norms=None, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(T_out, T_in), each m x n: producers/norms use T_out, consumers T_in."""
-    return FUSIONS[fusion](P)
+    return FUSIONS[fusion](Transport(P, targets, norms, rows))
+
+
+def producer_rows(g: Group) -> torch.Tensor:
+    """Per channel, its producers' rows and biases concatenated (n, d)."""
+    parts = [channel_values(s, getattr(s.module, name).detach()).double() for s in g.slices if s.role == "out"
+             for name in s.tensors if getattr(s.module, name, None) is not None]
+    return torch.cat(parts, 1) if parts else torch.ones(g.n, 1, dtype=torch.float64)
 
 
 def _write(s: Slice, t: torch.Tensor, T: torch.Tensor, slots: torch.Tensor) -> None:
@@ -131,7 +202,3 @@ def write_group(g: Group, t_out: torch.Tensor, t_in: torch.Tensor, slots: torch.
             t = getattr(s.module, name, None)
             if t is not None:
                 _write(s, t, T, slots)
-
-
-def fuse_group(g: Group, P: torch.Tensor, slots: torch.Tensor, fusion: str = "exact") -> None:
-    write_group(g, *fusion_maps(P, fusion), slots)

@@ -15,8 +15,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..registry import Registry
-from .allocation import kept_count, ratios_for
-from .fusion import cost_kind, fusion_maps, group_features, transport_plan, write_group
+from .allocation import ALLOCATIONS, kept_count, ratios_for
+from .fusion import cost_kind, fusion_maps, group_features, producer_rows, transport_plan, write_group
 from .groups import Group, GroupGraph
 from .importance import Importance, criterion
 
@@ -30,13 +30,18 @@ class Keep:
 
     name = "keep"
     importance: Importance | None = None
+    measured: dict[str, torch.Tensor] = {}  # group root -> scores measured on another copy of the model
 
     def count(self, g: Group, ratio: float, round_to: int) -> int:
         forced = int(g.forced.sum()) if g.forced is not None else 0
         return kept_count(g.n, ratio, round_to, g.n_chunks, forced)
 
     def scores(self, g: Group) -> torch.Tensor:
-        s = self.importance(g).double() if self.importance is not None else torch.zeros(g.n, dtype=torch.float64)
+        m = self.measured.get(g.root)
+        if m is not None and len(m) == g.n:
+            s = m
+        else:
+            s = self.importance(g).double() if self.importance is not None else torch.zeros(g.n, dtype=torch.float64)
         return torch.where(g.forced, torch.inf, s) if g.forced is not None else s
 
     def plan(self, g: Group, m: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -61,7 +66,7 @@ class TopK(Keep):
 class OTFusion(TopK):
     name = "intrafusion"
 
-    def __init__(self, importance="l1", fusion="exact", solver="emd", reg=0.01, targets="top", marginals="uniform"):
+    def __init__(self, importance="l1", fusion="merge", solver="emd", reg=0.01, targets="top", marginals="uniform"):
         super().__init__(importance)
         self.fusion, self.ot = fusion, dict(solver=solver, reg=reg, targets=targets, marginals=marginals)
         self.notes: dict[str, str] = {}
@@ -111,33 +116,44 @@ def slots_for(g: Group, targets: torch.Tensor) -> torch.Tensor:
 
 
 def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *, sparsity=0.0, round_to=1, exclude=(),
-                    scope=None, data=None, progress=True, **options) -> list[dict]:
+                    scope=None, data=None, flops: float | None = None, allocation: str = "uniform",
+                    unfolded: nn.Module | None = None, progress=True, **options) -> list[dict]:
     """Shrink every channel group of `model` in place; returns one record per group (before, after, layers)
     and, as `.left_whole`, the groups left whole with the reason. `keep` is a strategy, or its registered
-    name with `options` for its constructor."""
+    name with `options` for its constructor. With `flops` (fraction of conv/linear FLOPs to keep) the
+    `allocation` criterion decides each group's count instead of `sparsity`."""
     if isinstance(keep, str):
         keep = STRATEGIES[keep](**options)
     graph = GroupGraph(model, example, exclude=exclude, scope=scope)
     groups = graph.groups()
-    ratios = ratios_for(groups, sparsity)
     if keep.importance is not None:
         keep.importance.prepare(model, data)
-    plans = []
-    for g, p in zip(groups, ratios):
-        m = keep.count(g, p, round_to)
-        if m < g.n:
-            plans.append((g, *keep.plan(g, m)))
-    kept, chosen = {}, {}
+        if unfolded is not None and not keep.importance.needs_data:
+            keep.measured = {g.root: keep.importance(g).double()
+                             for g in GroupGraph(unfolded, example, exclude=exclude, scope=scope).groups()}
+    if flops is not None:
+        from .flops import FlopsModel
+
+        counts = ALLOCATIONS[allocation](groups, FlopsModel(model, example, groups), flops,
+                                         lambda g, p: keep.count(g, p, round_to), keep.scores)
+    else:
+        counts = [keep.count(g, p, round_to) for g, p in zip(groups, ratios_for(groups, sparsity))]
+    plans = [(g, *keep.plan(g, m)) for g, m in zip(groups, counts) if m < g.n]
+    kept, chosen, maps = {}, {}, {}
     for g, targets, P in tqdm(plans, desc=keep.name, disable=not progress, leave=False):
         slots = slots_for(g, targets)
         if P is not None:
-            write_group(g, *fusion_maps(P, getattr(keep, "fusion", "exact")), slots)
-        elif not torch.equal(slots, targets):  # move the kept channels to their slots
-            T = torch.zeros(len(targets), g.n, dtype=torch.float64)
-            T[torch.arange(len(targets)), targets] = 1.0
-            write_group(g, T, T, slots)
+            rows = producer_rows(g)
+            t_out, t_in = fusion_maps(P, getattr(keep, "fusion", "merge"), targets, rows.norm(dim=1), rows)
+            write_group(g, t_out, t_in, slots)
+        else:
+            t_out = torch.zeros(len(targets), g.n, dtype=torch.float64)
+            t_out[torch.arange(len(targets)), targets] = 1.0
+            if not torch.equal(slots, targets):  # move the kept channels to their slots
+                write_group(g, t_out, t_out, slots)
         kept[g.root] = slots
         chosen[g.root] = targets
+        maps.update(output_maps(g, t_out, slots))
     graph.apply(kept)
     notes = getattr(keep, "notes", {})
     report = [{"group": g.root, "before": g.n, "after": len(kept[g.root]), "layers": g.layers,
@@ -145,13 +161,31 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
     listed = {r["group"] for r in report}
     report += [{"group": g.root, "before": g.n, "after": g.n, "layers": g.layers, "fused": False}
                for g in groups if g.root not in listed]
-    return Shrunk(report, graph.describe_frozen(), chosen)
+    return Shrunk(report, graph.describe_frozen(), chosen, maps)
+
+
+def output_maps(g: Group, t_out: torch.Tensor, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+    """For every conv/linear whose outputs are this group's channels: (new outputs x original outputs), each
+    new output a combination of the original ones (one-hot when pruned, the fusion weights when fused)."""
+    out = {}
+    for s in g.slices:
+        if not (s.role == "out" or (s.role == "channel" and isinstance(s.module, (nn.modules.conv._ConvNd, nn.Linear)))):
+            continue
+        if s.index.shape[1] != 1 or bool((s.index < 0).any()):
+            continue
+        pos = s.index[:, 0]
+        order = torch.argsort(pos[slots])  # removal keeps the remaining outputs in their original order
+        m = torch.zeros(len(slots), s.module.weight.shape[0], dtype=torch.float32)
+        m[:, pos] = t_out[order].float()
+        out[s.name] = m
+    return out
 
 
 class Shrunk(list):
-    """The per-group records, plus `left_whole` (the groups that could not shrink safely, with the reason)
-    and `chosen` (per group, the channels whose values were kept: Given(chosen) repeats the choice)."""
+    """The per-group records, plus `left_whole` (the groups that could not shrink safely, with the reason),
+    `chosen` (per group, the channels whose values were kept: Given(chosen) repeats the choice) and `maps`
+    (per shrunk layer, how its new outputs combine its original ones)."""
 
-    def __init__(self, records, left_whole, chosen):
+    def __init__(self, records, left_whole, chosen, maps):
         super().__init__(records)
-        self.left_whole, self.chosen = left_whole, chosen
+        self.left_whole, self.chosen, self.maps = left_whole, chosen, maps

@@ -179,6 +179,36 @@ def bench(artifact_dir, batch, runs, warmup):
 
 
 @main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--flops", help="FLOPs fractions to keep, e.g. 0.8,0.6,0.5,0.4,0.3.")
+@click.option("--sparsities", help="Channel sparsities instead, e.g. 0.1,0.3,0.5.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default artifacts/<name>-sweep).")
+@click.option("--force", is_flag=True, help="Replace an existing sweep folder's points.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1),
+              help="Accuracy budget (default: the recipe's validate stage's, else every validated point qualifies).")
+@click.option("--runs", type=click.IntRange(1), default=20, show_default=True, help="Timed runs per latency.")
+@friendly
+def sweep(recipe, flops, sparsities, out, force, max_accuracy_drop, runs):
+    """Run RECIPE's channel stage at several FLOPs targets (or sparsities): table, plot, smallest model within
+    the accuracy budget (exit 1 if none is)."""
+    from ..recipe import load_recipe
+    from .sweep import parse_points, sweep as run_sweep, table
+
+    points = parse_points(flops, sparsities)
+    r = load_recipe(recipe)
+    if max_accuracy_drop is None:
+        max_accuracy_drop = next((s.get("max_accuracy_drop") for s in r.stages if s["kind"] == "validate"), None)
+    out = out or Path("artifacts") / f"{r.name}-sweep"
+    res = run_sweep(recipe, points, out, force=force, max_drop=max_accuracy_drop, runs=runs, progress=True)
+    click.echo(table(res))
+    click.echo(f"wrote {out}/sweep.json, sweep.md, sweep.png and one folder per point")
+    if res["smallest_within_budget"] is None:
+        click.echo("error: no point is within the accuracy budget", err=True)
+        sys.exit(1)
+    click.echo(f"smallest within the accuracy budget: {res['smallest_within_budget']} ({out / res['smallest_within_budget']})")
+
+
+@main.command()
 @friendly
 def doctor():
     """List what is installed and usable: torch/CUDA, onnxruntime providers, TensorRT, timm, transformers."""

@@ -307,7 +307,8 @@ def run_dtp(ctx, p: dict) -> dict:
     # ---- hard masks -------------------------------------------------------------------------
     if phase_done:
         keep = {k: torch.tensor(v) for k, v in state["keep"].items()}
-        shrink_channels(model, ctx.example, Given(keep), exclude=p["exclude"], scope=p["scope"], progress=False)
+        ctx.record_shrink(shrink_channels(model, ctx.example, Given(keep), exclude=p["exclude"], scope=p["scope"],
+                                          progress=False).maps)
         history = state["history"]
     else:
         if budget:
@@ -322,7 +323,8 @@ def run_dtp(ctx, p: dict) -> dict:
             keep[g.root] = hard_keep(g, m, counts[j])
             for pt in mask_points(model, g):
                 fold_mask(pt, m)
-        shrink_channels(model, ctx.example, Given(keep), exclude=p["exclude"], scope=p["scope"], progress=False)
+        ctx.record_shrink(shrink_channels(model, ctx.example, Given(keep), exclude=p["exclude"], scope=p["scope"],
+                                          progress=False).maps)
 
     # ---- phase 2: fine-tuning ---------------------------------------------------------------
     extra_state = {"keep": {k: v.tolist() for k, v in keep.items()}}

@@ -79,7 +79,9 @@ def data_facts(data: dict | None) -> set[str]:
     d = data or {}
     facts = {f"data.{k}" for k in DATA_KEYS if d.get(k)}
     if d.get("train") or d.get("eval"):
-        facts |= {"data.any", "data.calib"}
+        facts.add("data.any")
+    if d.get("train"):
+        facts.add("data.calib")  # training images calibrate too; test images never do
     return facts
 
 
@@ -140,7 +142,9 @@ def _resolve_arch(base: Path, arch: str) -> str:
     return f"hf:{_resolve(base, rest)}" if sep and prefix == "hf" else arch
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] = (), edit=None) -> Recipe:
+    """Read and check a recipe. `overrides` are --set KEY=VALUE strings; `edit(raw)` changes the parsed table
+    before it is checked (the sweep sets a stage's target that way), recorded in the hash by its repr."""
     from ..stages import STAGES  # stage schemas live next to the stages
     from ..stages.base import FACTS
 
@@ -156,6 +160,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for o in overrides:
         keys, value = parse_override(o)
         apply_override(raw, keys, value, o)
+    if edit is not None:
+        edit(raw)
 
     top = check_table(raw, TOP_SPEC, where, "")
     base = path.resolve().parent
@@ -211,6 +217,6 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             fail(where, spath, msg)
         facts.update({f: params for f in stage.provides(params)})
         stages.append({"kind": kind, **params})
-    sha = hashlib.sha256(text + "\n".join(overrides).encode()).hexdigest()
+    sha = hashlib.sha256(text + "\n".join([*overrides, repr(edit or "")]).encode()).hexdigest()
     return Recipe(path=path.resolve(), name=top["name"], model=model, data=data, stages=stages, sha256=sha,
                   model_needs=model_needs)

@@ -13,7 +13,7 @@ from ..recipe.schema import Field
 FACTS = {
     "data.train": "[data].train (labelled training images)",
     "data.eval": "[data].eval",
-    "data.calib": "[data].calib (calibration images; [data].train or .eval also serve)",
+    "data.calib": "calibration images: [data].calib (or [data].train; never the eval images)",
     "data.any": "[data].train or [data].eval",
     "model.vit": "a ViT the tokens stage has an adapter for",
     "folded": "a fold_bn stage before it",

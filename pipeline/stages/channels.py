@@ -1,7 +1,7 @@
 """Stages `prune` and `intrafusion`: shrink CNN channel groups physically, with a keep strategy each
 (magnitude top-k, or optimal-transport fusion)."""
 
-from ..channels.allocation import check_sparsity
+from ..channels.allocation import ALLOCATIONS, check_flops, check_sparsity
 from ..channels.fusion import FUSIONS
 from ..channels.importance import IMPORTANCE
 from ..channels.shrink import STRATEGIES, shrink_channels
@@ -16,8 +16,12 @@ def _patterns(v):
 
 
 COMMON = {
-    "sparsity": Field((float, list, dict), required=True, check=check_sparsity,
+    "sparsity": Field((float, list, dict), check=check_sparsity,
                       help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
+    "flops": Field((float,), check=check_flops, help="the fraction of FLOPs to keep, in (0, 1] (instead of sparsity)"),
+    "allocation": Field((str,), default="uniform", choices=ALLOCATIONS,
+                        help="how a flops target is shared among groups: 'uniform' (one sparsity) or 'global' "
+                             "(one importance threshold)"),
     "round_to": Field((int,), default=1, lo=1, help="a positive integer (kept counts are multiples of it)"),
     "exclude": Field((list,), default=[], check=_patterns),
     "importance": Field((str,), default="l1", choices=IMPORTANCE),
@@ -48,6 +52,11 @@ class Prune(Stage):
     def provides(self, params):
         return {"shrunk"}
 
+    def check(self, params, model, data, facts):
+        if (params["sparsity"] is None) == (params["flops"] is None):
+            return ["give exactly one of sparsity (fraction of channels removed) or flops (fraction of FLOPs kept)"]
+        return []
+
     def apply(self, ctx, params):
         data = None
         if IMPORTANCE[params["importance"]].needs_data:
@@ -55,9 +64,13 @@ class Prune(Stage):
             idx = slice(0, min(len(ds), 256))
             data = (ctx.normalise(ds, idx), ds.y[idx] if ds.y is not None else None)
         keep = STRATEGIES[self.kind](importance=params["importance"], **{k: params[k] for k in self.strategy_keys})
-        groups = shrink_channels(ctx.model, ctx.example, keep, sparsity=params["sparsity"], round_to=params["round_to"],
-                                 exclude=params["exclude"], scope=params["scope"], data=data, progress=ctx.progress)
-        nothing_to_do(self.kind, params["sparsity"], groups)
+        unfolded = ctx.original if ctx.folded and not ctx.channel_maps else None  # importance before folding
+        groups = shrink_channels(ctx.model, ctx.example, keep, sparsity=params["sparsity"] or 0.0,
+                                 flops=params["flops"], allocation=params["allocation"], round_to=params["round_to"],
+                                 exclude=params["exclude"], scope=params["scope"], data=data, unfolded=unfolded,
+                                 progress=ctx.progress)
+        nothing_to_do(self.kind, params["sparsity"] if params["flops"] is None else 1 - params["flops"], groups)
+        ctx.record_shrink(groups.maps)
         return {"groups": list(groups), "left_whole": groups.left_whole}
 
 
@@ -68,7 +81,9 @@ class IntraFusion(Prune):
         **COMMON,
         "solver": Field((str,), default="emd", choices=("emd", "sinkhorn")),
         "reg": Field((float,), default=0.01, lo=1e-6, help="a positive number (Sinkhorn entropic regularisation)"),
-        "targets": Field((str,), default="top", choices=("top", "centroids")),
-        "marginals": Field((str,), default="uniform", choices=("uniform", "importance")),
-        "fusion": Field((str,), default="exact", choices=FUSIONS),
+        "targets": Field((str,), default="top", choices=("top", "centroids", "medoids")),
+        "marginals": Field((str,), default="uniform", choices=("uniform", "importance", "nearest")),
+        "fusion": Field((str,), default="merge", choices=FUSIONS,
+                        help="'merge' (kept producers exact, consumers absorb the fused channels; the default: never "
+                             "below prune on the benchmark), 'exact' (function-preserving averages) or 'reference'"),
     }

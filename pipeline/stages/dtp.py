@@ -25,7 +25,7 @@ class DTP(Stage):
     kind = "dtp"
     trains = True
     fields = {
-        **{k: v for k, v in COMMON.items() if k != "sparsity"},
+        **{k: v for k, v in COMMON.items() if k not in ("sparsity", "flops", "allocation")},
         "sparsity": Field((float, list, dict), check=check_sparsity,
                           help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
         "flops": Field((float,), lo=0.01, hi=1.0, help="a fraction in (0, 1] of the original FLOPs to keep"),

@@ -23,7 +23,7 @@ class ExportONNX(Stage):
         path = ctx.out / "model.onnx"
         info = export_onnx(ctx.model, ctx.example, path, opset=params["opset"], exporter=params["exporter"],
                            dynamic_batch=params["dynamic_batch"])
-        ctx.exports["onnxruntime"] = Export("onnxruntime", path, dynamic_batch=params["dynamic_batch"])
+        ctx.exports[path.name] = Export(path, dynamic_batch=params["dynamic_batch"])
         return info
 
 
@@ -56,11 +56,11 @@ class ExportTensorRT(Stage):
 
         path = ctx.out / "model.plan"
         try:
-            info = build_engine(ctx.exports["onnxruntime"].path, path, precision=params["precision"],
+            info = build_engine(ctx.exports["model.onnx"].path, path, precision=params["precision"],
                                 workspace_gb=params["workspace_gb"])
         except TensorRTUnavailable as e:
             if params["optional"]:
                 return {"skipped": True, "reason": str(e)}
             raise
-        ctx.exports["tensorrt"] = Export("tensorrt", path, precision=info["precision"], dynamic_batch=info["dynamic_batch"])
+        ctx.exports[path.name] = Export(path, precision=info["precision"], dynamic_batch=info["dynamic_batch"])
         return info

@@ -12,4 +12,5 @@ class FoldBN(Stage):
         return {"folded"}
 
     def apply(self, ctx, params):
+        ctx.folded = True
         return fold_batchnorm(ctx.model, ctx.example)

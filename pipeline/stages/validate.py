@@ -42,14 +42,14 @@ class Validate(Stage):
         samples = min(params["samples"], d.get("limit") or params["samples"])  # [data].limit caps evaluation
         probe = probe_inputs(d.get("eval"), d.get("mean"), d.get("std"), samples, params["seed"], ctx.input_shape)
         wanted = params["backends"] or list(BACKENDS)
-        exports = [e for name, e in ctx.exports.items() if name in wanted]
-        fp16 = any(e.precision == "fp16" for e in exports)  # what was built, not what was asked for
+        runs = [(b, ctx.exports[b.artifact]) for name, b in BACKENDS.items() if name in wanted and b.artifact in ctx.exports]
+        fp16 = any(e.precision == "fp16" for _, e in runs)  # what was built, not what was asked for
         tol = DEFAULT_TOL["fp16" if fp16 else "fp32"]
         gate = Gate(atol=params["atol"] if params["atol"] is not None else tol[0],
                     rtol=params["rtol"] if params["rtol"] is not None else tol[1],
                     error_stat=params["error_stat"], min_top1_agreement=params["min_top1_agreement"],
                     max_accuracy_drop=params["max_accuracy_drop"], min_decision_agreement=params["min_decision_agreement"])
-        backends = [BACKENDS[e.backend].open(e.path) for e in exports]
+        backends = [b.open(e.path) for b, e in runs]
         shape = ctx.input_shape
         res = validate(TorchRunner(ctx.model, "pytorch:compressed", input_shape=shape), backends, probe.x, gate,
                        original=TorchRunner(ctx.original, "pytorch:original", input_shape=shape), labels=probe.y,

@@ -12,11 +12,12 @@ from .gate import Gate, validate
 from .inputs import probe_inputs
 
 
-def _targets(target: Path) -> tuple[list[Path], Path | None]:
-    from otcompress.exporters import BACKENDS, backend_for
+def _targets(target: Path) -> tuple[list, Path | None]:
+    """(backend, file) pairs to check and the compressed.safetensors beside them."""
+    from otcompress.exporters import BACKENDS
 
     if target.is_dir():
-        files = [target / b.artifact for _, b in BACKENDS.items() if (target / b.artifact).exists()]
+        files = [(b, target / b.artifact) for _, b in BACKENDS.items() if (target / b.artifact).exists()]
         if not files:
             raise OTCError(f"{target}: no exported model in this folder (expected one of "
                            f"{', '.join(b.artifact for _, b in BACKENDS.items())})")
@@ -24,16 +25,16 @@ def _targets(target: Path) -> tuple[list[Path], Path | None]:
         return files, ref if ref.exists() else None
     if not target.exists():
         raise OTCError(f"{target}: file not found")
-    if backend_for(target) is None:
+    files = [(b, target) for _, b in BACKENDS.items() if target.suffix in b.suffixes]
+    if not files:
         raise OTCError(f"{target}: expected an artifact folder or an exported model "
                        f"({', '.join(s for _, b in BACKENDS.items() for s in b.suffixes)})")
     ref = target.parent / "compressed.safetensors"
-    return [target], ref if ref.exists() else None
+    return files, ref if ref.exists() else None
 
 
 def validate_target(target: Path, *, reference=None, original=None, data=None, samples=64, seed=0, atol=None, rtol=None,
                     error_stat=None, min_agreement=None, max_accuracy_drop=None, min_decision_agreement=None) -> dict:
-    from otcompress.exporters import backend_for
     from otcompress.exporters.pytorch import TorchRunner
 
     from ..models import original_model
@@ -44,7 +45,7 @@ def validate_target(target: Path, *, reference=None, original=None, data=None, s
     if reference is None:
         raise OTCError(f"{target}: no compressed.safetensors beside it; pass --reference")
     model, meta = load_compressed(reference)
-    backends = [backend_for(f).open(f) for f in files]
+    backends = [b.open(f) for b, f in files]
     shape = meta["input_shape"]
     for b in backends:
         fixed = list(b.input_shape[1:])
@@ -56,7 +57,7 @@ def validate_target(target: Path, *, reference=None, original=None, data=None, s
     orig = original_model(meta, original)
     recorded = {k: v for k, v in (meta.get("gate") or {}).items() if k in Gate.__dataclass_fields__}
     gate = Gate(**recorded)
-    if any(f.suffix != ".onnx" for f in files) and meta.get("tensorrt_precision") == "fp16" and not recorded:
+    if any(f.suffix != ".onnx" for _, f in files) and meta.get("tensorrt_precision") == "fp16" and not recorded:
         gate = replace(gate, atol=1e-2, rtol=1e-2)
     given = dict(atol=atol, rtol=rtol, error_stat=error_stat, min_top1_agreement=min_agreement,
                  max_accuracy_drop=max_accuracy_drop, min_decision_agreement=min_decision_agreement)

@@ -1,0 +1,173 @@
+"""`otcompress sweep`: the recipe at several FLOPs targets (or sparsities) of its channel stage, each a full
+run into its own folder; a table (accuracy or agreement, FLOPs, params, onnxruntime latency), a plot, and
+the smallest model within the accuracy budget."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..errors import OTCError
+
+CHANNEL_STAGES = ("prune", "intrafusion", "dtp")
+
+
+@dataclass
+class Point:
+    label: str
+    key: str  # "flops" or "sparsity"
+    value: float
+
+    def edit(self, index: int) -> "SetTarget":
+        return SetTarget(index, self.key, self.value)
+
+
+@dataclass
+class SetTarget:
+    """Sets a channel stage's target (flops or sparsity, the other removed); its repr goes into the run's
+    recipe hash."""
+
+    index: int
+    key: str
+    value: float
+
+    def __call__(self, raw: dict) -> None:
+        st = raw["stages"][self.index]
+        st.pop("flops", None)
+        st.pop("sparsity", None)
+        st[self.key] = self.value
+
+
+def _channel_stage(recipe_path: Path) -> int:
+    import tomllib
+
+    raw = tomllib.loads(recipe_path.read_text())
+    for i, st in enumerate(raw.get("stages", [])):
+        if st.get("kind") in CHANNEL_STAGES:
+            return i
+    raise OTCError(f"{recipe_path}: sweep needs a channel stage ({', '.join(CHANNEL_STAGES)}) to vary")
+
+
+def _latency(report: dict, folder: Path, runs: int) -> float:
+    """Median onnxruntime CPU latency (ms, batch 1) of the point's model.onnx (exported for it if the recipe
+    has no export stage)."""
+    import torch
+
+    from otcompress.exporters.onnx import OrtRunner, export_onnx
+
+    from ..serialize import load_compressed
+    from .bench import time_fn
+
+    onnx = folder / "model.onnx"
+    with tempfile.TemporaryDirectory() as td:
+        model, meta = load_compressed(folder / "compressed.safetensors")
+        shape = meta["input_shape"]
+        if not onnx.exists() or not isinstance(OrtRunner(onnx).input_shape[0], int):
+            onnx = Path(td) / "m.onnx"
+            export_onnx(model, torch.zeros((1, *shape[1:])), onnx)
+        runner = OrtRunner(onnx).activate()
+        x = np.random.default_rng(0).standard_normal((1, *shape[1:])).astype(np.float32)
+        return time_fn(lambda: runner.infer(x), runs, 3)["median_ms"]
+
+
+def sweep(recipe_path: Path, points: list[Point], out: Path, *, force: bool, max_drop: float | None, runs: int,
+          progress: bool) -> dict:
+    from ..compress import run_recipe
+    from ..recipe import load_recipe
+
+    index = _channel_stage(recipe_path)
+    if out.exists() and not force:
+        raise OTCError(f"{out}: output folder exists; pass --force to replace its points")
+    rows = []
+    for p in points:
+        recipe = load_recipe(recipe_path, edit=p.edit(index))
+        if progress:
+            print(f"== {p.key} = {p.value}", flush=True)
+        rep = run_recipe(recipe, out / p.label, force=True, progress=False)
+        last = [s for s in rep["stages"] if s["kind"] not in ("export_onnx", "export_tensorrt", "validate")][-1]
+        first = rep["stages"][0]
+        rows.append({"point": p.label, p.key: p.value, "flops": last["flops"] / first["flops"],
+                     "params": last["params"] / first["params"], "accuracy": last.get("accuracy"),
+                     "accuracy_original": first.get("accuracy"), "top1_agreement": last["top1_agreement"],
+                     "latency_ms": _latency(rep, out / p.label, runs), "validation": rep["validation"].get("passed"),
+                     "folder": str(out / p.label)})
+        if progress:
+            print(_line(rows[-1]), flush=True)
+    scored = [r for r in rows if (r["accuracy"] is not None)]
+    if max_drop is not None and scored:
+        ok = [r for r in scored if r["accuracy_original"] - r["accuracy"] <= max_drop]
+    else:
+        ok = [r for r in rows if r["validation"] is not False]
+    best = min(ok, key=lambda r: r["flops"]) if ok else None
+    result = {"recipe": str(recipe_path), "varied": f"stages[{index}].{points[0].key}", "points": rows,
+              "max_accuracy_drop": max_drop, "smallest_within_budget": best["point"] if best else None}
+    atomic_write_json(out / "sweep.json", result)
+    atomic_write_text(out / "sweep.md", table(result) + "\n")
+    atomic_write_bytes(out / "sweep.png", plot(result))
+    return result
+
+
+def _line(r: dict) -> str:
+    acc = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else f"agree {100 * r['top1_agreement']:.1f}%"
+    return f"{r['point']:<14} FLOPs {r['flops']:.3f}  params {r['params']:.3f}  {acc}  {r['latency_ms']:.2f} ms"
+
+
+def table(result: dict) -> str:
+    lines = ["| point | FLOPs kept | params kept | top-1 | agreement with original | ORT latency (ms, batch 1) |",
+             "|---|---|---|---|---|---|"]
+    for r in result["points"]:
+        acc = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else "—"
+        mark = " ◀ smallest within budget" if r["point"] == result["smallest_within_budget"] else ""
+        lines.append(f"| {r['point']}{mark} | {r['flops']:.3f} | {r['params']:.3f} | {acc} | "
+                     f"{100 * r['top1_agreement']:.1f}% | {r['latency_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(result["points"], key=lambda r: r["flops"])
+    y = [100 * (r["accuracy"] if r["accuracy"] is not None else r["top1_agreement"]) for r in pts]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([r["flops"] for r in pts], y, marker="o")
+    for r, v in zip(pts, y):
+        ax.annotate(f"{r['latency_ms']:.1f} ms", (r["flops"], v), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    if pts and pts[0].get("accuracy_original") is not None:
+        ax.axhline(100 * pts[0]["accuracy_original"], color="gray", ls=":", label="original")
+        if result["max_accuracy_drop"] is not None:
+            ax.axhline(100 * (pts[0]["accuracy_original"] - result["max_accuracy_drop"]), color="red", ls="--",
+                       label="accuracy budget")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("FLOPs kept")
+    ax.set_ylabel("top-1 (%)" if pts and pts[0]["accuracy"] is not None else "top-1 agreement (%)")
+    ax.set_title(Path(result["recipe"]).name + ": " + result["varied"])
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def parse_points(flops: str | None, sparsities: str | None) -> list[Point]:
+    if (flops is None) == (sparsities is None):
+        raise OTCError("give exactly one of --flops or --sparsities (comma-separated fractions)")
+    key, text = ("flops", flops) if flops is not None else ("sparsity", sparsities)
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OTCError(f"--{key if key == 'flops' else 'sparsities'} {text!r}: expected comma-separated fractions") from None
+    bad = [v for v in vals if not (0 < v <= 1 if key == "flops" else 0 <= v < 1)]
+    if bad or not vals:
+        raise OTCError(f"--{'flops' if key == 'flops' else 'sparsities'}: {bad or text!r} out of range "
+                       f"({'(0, 1]' if key == 'flops' else '[0, 1)'})")
+    return [Point(f"{key}-{v:g}", key, v) for v in vals]
+
