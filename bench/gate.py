@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import save  # noqa: E402
-from tests.wrong_exports import CNN, VIT, WRONG_CNN, WRONG_VIT, cnn_reference, images, vit_reference  # noqa: E402
+from tests.wrong_exports import CNN, VIT, WRONG_CNN, WRONG_VIT, applies, cnn_reference, images, vit_reference  # noqa: E402
 
 
 def judge(reference, exported, x, folder: Path) -> dict:
@@ -54,6 +54,8 @@ def main():
             rows.append({"model": f"vit_tiny_p2 {method} keep 0.9", "export": "correct", **judge(ref, ref, x, folder)})
             print(rows[-1], f"{time.perf_counter() - t0:.0f} s", flush=True)
             for name, make in WRONG_VIT.items():
+                if not applies(name, method):
+                    continue
                 rows.append({"model": f"vit_tiny_p2 {method} keep 0.9", "export": name,
                              **judge(ref, make(ref), x[: args.wrong_samples], folder)})
                 print(rows[-1], flush=True)

@@ -76,6 +76,11 @@ def _retoken(model, **change):
     return m
 
 
+def applies(case: str, method: str) -> bool:
+    """OTPrune's default drop mode never merges: sizes stay 1 and proportional attention changes nothing."""
+    return not (method == "otprune" and "proportional" in case)
+
+
 WRONG_VIT = {
     "one weight tensor perturbed by 1e-3 (relative)": lambda m: _perturb(m, "blocks.6.mlp.fc2.weight"),
     "two attention heads swapped": _swap_heads,
