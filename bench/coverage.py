@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.families import CNNS, VITS  # noqa: E402
+from scripts.fill_readme import fill  # noqa: E402
 
 
 def torch_pruning_one(arch: str) -> dict:
@@ -108,12 +109,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
     md = table(rows)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- coverage:start -->", "<!-- coverage:end -->"
-    if start in text and end in text:
-        text = text[: text.index(start) + len(start)] + "\n" + md + "\n" + text[text.index(end):]
-        readme.write_text(text)
+    fill("coverage", md)
     print(md)
 
 

@@ -128,7 +128,7 @@ def test_tensorrt_stage_explains_or_skips(quickstart_copy, tmp_path):
     quickstart_copy.write_text(text)
     res = run_cli("run", quickstart_copy, "--out", tmp_path / "a", "--quiet")
     assert res.exit_code == 2 and "TensorRT is not available" in res.output and not (tmp_path / "a").exists()
-    res = run_cli("run", quickstart_copy, "--out", tmp_path / "b", "--quiet", "--set", "stages.3.optional=true")
+    res = run_cli("run", quickstart_copy, "--out", tmp_path / "b", "--quiet", "--set", "stages.4.optional=true")
     assert res.exit_code == 0
     rep = json.loads((tmp_path / "b" / "report.json").read_text())
     trt = next(s for s in rep["stages"] if s["kind"] == "export_tensorrt")

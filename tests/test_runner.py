@@ -23,7 +23,7 @@ def test_quickstart_run_report_artifacts_and_reload(quickstart_copy, tmp_path):
     for key in ("name", "recipe_sha256", "versions", "stages", "validation", "files"):
         assert key in rep
     kinds = [s["kind"] for s in rep["stages"]]
-    assert kinds == ["original", "fold_bn", "intrafusion", "export_onnx", "validate"]
+    assert kinds == ["original", "fold_bn", "intrafusion", "repair", "export_onnx", "validate"]
     for s in rep["stages"]:
         assert {"kind", "params", "flops", "top1_agreement", "max_abs_error", "accuracy"} <= set(s)
     orig, fused = rep["stages"][0], rep["stages"][2]
@@ -38,7 +38,7 @@ def test_quickstart_run_report_artifacts_and_reload(quickstart_copy, tmp_path):
     x = (torch.from_numpy(z["x"]).permute(0, 3, 1, 2).float() / 255 - 0.3063) / 0.3769
     with torch.no_grad():
         acc = (model(x).argmax(-1).numpy() == z["y"]).mean()
-    assert abs(acc - fused["accuracy"]) < 1e-6
+    assert abs(acc - rep["stages"][-1]["accuracy"]) < 1e-6
     res = run_cli("load", out / "compressed.safetensors")
     assert res.exit_code == 0 and "digits_cnn" in res.output
 
@@ -58,7 +58,7 @@ def test_second_run_refuses_without_force_and_keeps_first(quickstart_copy, tmp_p
 
 def test_failed_gate_exits_1_and_keeps_artifacts(quickstart_copy, tmp_path):
     out = tmp_path / "out"
-    res = run_cli("run", quickstart_copy, "--out", out, "--quiet", "--set", "stages.3.min_top1_agreement=1.0",
+    res = run_cli("run", quickstart_copy, "--out", out, "--quiet", "--set", "stages.4.min_top1_agreement=1.0",
                   "--set", "stages.1.sparsity=0.5")
     assert res.exit_code == 1
     rep = json.loads((out / "report.json").read_text())

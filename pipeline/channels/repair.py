@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
+from ..progress import bar as progress_bar
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -124,7 +124,7 @@ def repair(model: nn.Module, original: nn.Module, x: torch.Tensor, maps: dict[st
             h.remove()
 
     done: dict[str, str] = {}
-    bar = tqdm(total=len(layers), desc="repair", disable=not progress, leave=False)
+    bar = progress_bar(total=len(layers), desc="repair", enabled=progress)
 
     def pre(name):
         def hook(mod, inp):

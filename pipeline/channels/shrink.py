@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+from ..progress import bar as progress_bar
 
 from ..registry import Registry
 from .allocation import ALLOCATIONS, kept_count, ratios_for
@@ -140,7 +140,7 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
         counts = [keep.count(g, p, round_to) for g, p in zip(groups, ratios_for(groups, sparsity))]
     plans = [(g, *keep.plan(g, m)) for g, m in zip(groups, counts) if m < g.n]
     kept, chosen, maps = {}, {}, {}
-    for g, targets, P in tqdm(plans, desc=keep.name, disable=not progress, leave=False):
+    for g, targets, P in progress_bar(plans, desc=keep.name, enabled=progress):
         slots = slots_for(g, targets)
         if P is not None:
             rows = producer_rows(g)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
+from ..progress import bar as progress_bar
 
 
 def dist_info() -> tuple[int, int]:
@@ -92,8 +92,8 @@ def train_epoch(model, opt, sched, data, *, epoch, seed, batch_size, device, amp
     rank, world = dist_info()
     model.train()
     steps = len(x_raw) // batch_size
-    bar = tqdm(batches(len(x_raw), batch_size, seed, epoch), total=steps, desc=f"{desc} {epoch + 1}",
-               disable=not progress or rank != 0, leave=False, mininterval=2.0)
+    bar = progress_bar(batches(len(x_raw), batch_size, seed, epoch), total=steps, desc=f"{desc} {epoch + 1}",
+                       enabled=progress and rank == 0, mininterval=2.0)
     total, count = torch.zeros((), device=device), 0
     plan = augment_plan(len(x_raw), x_raw.shape[-2], seed, epoch)
     shown = time.monotonic()
