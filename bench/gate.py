@@ -1,8 +1,9 @@
 """The validation gate against correct and deliberately wrong exports (tests/wrong_exports.py), on real
 CIFAR-10 images: vit_tiny_p2 with ToMe, PiToMe and OTPrune (keep 0.9), and ResNet-20 folded and pruned.
-Every export is validated with the default gate; the table shows what it observed and its verdict.
+Every export is validated with the default gate; the table (bench/results/gate.json, and the README between
+the gate markers) shows what it observed and its verdict.
 
-    .venv/bin/python bench/gate.py [--samples 640] [--wrong-samples 640] [--methods tome,pitome,otprune]
+    .venv/bin/python bench/gate.py [--samples 640] [--wrong-samples 64] [--methods tome,pitome,otprune]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import save  # noqa: E402
+from scripts.fill_readme import fill  # noqa: E402
 from tests.wrong_exports import CNN, VIT, WRONG_CNN, WRONG_VIT, applies, cnn_reference, images, vit_reference  # noqa: E402
 
 
@@ -41,7 +43,7 @@ def judge(reference, exported, x, folder: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=640)
-    ap.add_argument("--wrong-samples", type=int, default=640)
+    ap.add_argument("--wrong-samples", type=int, default=64)
     ap.add_argument("--methods", default="tome,pitome,otprune")
     args = ap.parse_args()
     rows = []
@@ -68,12 +70,18 @@ def main():
                          **judge(ref, make(ref, chosen), x[: args.wrong_samples], folder)})
             print(rows[-1], flush=True)
     save("gate.json", rows)
-    print("| model | export | verdict | max abs error | max rel error | decisions agree |")
-    print("|---|---|---|---|---|---|")
+    fill("gate", table(rows))
+    print(table(rows))
+
+
+def table(rows) -> str:
+    lines = ["| model | export | samples | verdict | max abs error | max rel error | failing elements | decisions agree |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        dec = f"{r['decision_agreement']:.3f}" if r["decision_agreement"] is not None else "—"
-        print(f"| {r['model']} | {r['export']} | {'PASSED' if r['passed'] else 'FAILED'} | {r['max_abs']:.2e} | "
-              f"{r['max_rel']:.2e} | {dec} |")
+        dec = f"{r['decision_agreement']:.4f}" if r["decision_agreement"] is not None else "—"
+        lines.append(f"| {r['model']} | {r['export']} | {r['samples']} | {'PASSED' if r['passed'] else '**FAILED**'} | "
+                     f"{r['max_abs']:.2e} | {r['max_rel']:.2e} | {r['failing_elements']} | {dec} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
