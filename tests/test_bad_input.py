@@ -138,6 +138,45 @@ def test_bad_input_exits_with_its_code_and_names_the_problem(name, work, monkeyp
     assert len([line for line in res.output.strip().splitlines() if line.startswith("error:")]) == 1
 
 
+COMMANDS = {  # bad arguments to the other commands: (argv after the command, exit code, fragments)
+    "bench --batch 0": (lambda w, a: ["bench", a, "--batch", "0"], 2, ["--batch '0'", "positive integers"]),
+    "bench on a folder that is not a run": (lambda w, a: ["bench", w / "data"], 2, ["no compressed.safetensors"]),
+    "validate a corrupt model.onnx": (lambda w, a: ["validate", _corrupt_onnx(a)], 2, ["model.onnx", "not a valid ONNX model"]),
+    "sweep with a bad --flops": (lambda w, a: ["sweep", w / "r.toml", "--flops", "0.5,abc"], 2, ["--flops", "fractions"]),
+    "sweep without a channel stage": (lambda w, a: ["sweep", _no_channel_stage(w), "--flops", "0.5"], 2,
+                                      ["nochannel.toml", "sweep needs a channel stage"]),
+    "sweep --set to a stage kind it cannot vary": (lambda w, a: ["sweep", w / "r.toml", "--flops", "0.5", "--set",
+                                                                 'stages.1.kind="fold_bn"'], 2, ["stages[1].sparsity", "unknown key"]),
+    "load a file that is not safetensors": (lambda w, a: ["load", w / "data" / "digits-test.npz"], 2,
+                                            ["digits-test.npz", "not a readable safetensors"]),
+}
+
+
+def _no_channel_stage(w):
+    (w / "nochannel.toml").write_text(base(stages='[[stages]]\nkind = "fold_bn"\n'))
+    return w / "nochannel.toml"
+
+
+def _corrupt_onnx(artifact):
+    bad = artifact.parent / "corrupt"
+    shutil.copytree(artifact, bad)
+    (bad / "model.onnx").write_bytes(b"garbage")
+    return bad
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_bad_arguments_to_the_other_commands(name, work, tmp_path_factory):
+    (work / "r.toml").write_text(base(stages='[[stages]]\nkind = "fold_bn"\n[[stages]]\nkind = "prune"\nsparsity = 0.5\n'
+                                            '[[stages]]\nkind = "export_onnx"\n'))
+    artifact = tmp_path_factory.mktemp("run") / "a"
+    if name.startswith(("bench", "validate")):
+        assert run_cli("run", work / "r.toml", "--out", artifact, "--quiet").exit_code == 0
+    argv, code, fragments = COMMANDS[name]
+    before = _digest(work / "data")
+    res = run_cli(*argv(work, artifact))
+    _check(res, code, fragments, work, before)
+
+
 def test_an_existing_output_folder_is_kept_without_force(work):
     recipe = work / "r.toml"
     recipe.write_text(base())

@@ -173,8 +173,10 @@ def bench(artifact_dir, batch, runs, warmup):
 
     try:
         batches = [int(b) for b in batch.split(",") if b.strip()]
+        if not batches or min(batches) < 1:
+            raise ValueError
     except ValueError:
-        raise OTCError(f"--batch {batch!r}: expected comma-separated integers such as 1,32") from None
+        raise OTCError(f"--batch {batch!r}: expected comma-separated positive integers such as 1,32") from None
     bench_artifacts(artifact_dir, batches, runs, warmup)
 
 
@@ -187,19 +189,21 @@ def bench(artifact_dir, batch, runs, warmup):
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1),
               help="Accuracy budget (default: the recipe's validate stage's, else every validated point qualifies).")
 @click.option("--runs", type=click.IntRange(1), default=20, show_default=True, help="Timed runs per latency.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, as for run.")
 @friendly
-def sweep(recipe, flops, sparsities, out, force, max_accuracy_drop, runs):
+def sweep(recipe, flops, sparsities, out, force, max_accuracy_drop, runs, overrides):
     """Run RECIPE's channel stage at several FLOPs targets (or sparsities): table, plot, smallest model within
     the accuracy budget (exit 1 if none is)."""
     from ..recipe import load_recipe
     from .sweep import parse_points, sweep as run_sweep, table
 
     points = parse_points(flops, sparsities)
-    r = load_recipe(recipe)
+    r = load_recipe(recipe, list(overrides))
     if max_accuracy_drop is None:
         max_accuracy_drop = next((s.get("max_accuracy_drop") for s in r.stages if s["kind"] == "validate"), None)
     out = out or Path("artifacts") / f"{r.name}-sweep"
-    res = run_sweep(recipe, points, out, force=force, max_drop=max_accuracy_drop, runs=runs, progress=True)
+    res = run_sweep(recipe, points, out, force=force, max_drop=max_accuracy_drop, runs=runs, progress=True,
+                    overrides=list(overrides))
     click.echo(table(res))
     click.echo(f"wrote {out}/sweep.json, sweep.md, sweep.png and one folder per point")
     if res["smallest_within_budget"] is None:

@@ -42,12 +42,11 @@ class SetTarget:
         st[self.key] = self.value
 
 
-def _channel_stage(recipe_path: Path) -> int:
-    import tomllib
+def _channel_stage(recipe_path: Path, overrides: list[str]) -> int:
+    from ..recipe import load_recipe
 
-    raw = tomllib.loads(recipe_path.read_text())
-    for i, st in enumerate(raw.get("stages", [])):
-        if st.get("kind") in CHANNEL_STAGES:
+    for i, st in enumerate(load_recipe(recipe_path, overrides).stages):
+        if st["kind"] in CHANNEL_STAGES:
             return i
     raise OTCError(f"{recipe_path}: sweep needs a channel stage ({', '.join(CHANNEL_STAGES)}) to vary")
 
@@ -75,16 +74,16 @@ def _latency(report: dict, folder: Path, runs: int) -> float:
 
 
 def sweep(recipe_path: Path, points: list[Point], out: Path, *, force: bool, max_drop: float | None, runs: int,
-          progress: bool) -> dict:
+          progress: bool, overrides: list[str] = ()) -> dict:
     from ..compress import run_recipe
     from ..recipe import load_recipe
 
-    index = _channel_stage(recipe_path)
+    index = _channel_stage(recipe_path, list(overrides))
     if out.exists() and not force:
         raise OTCError(f"{out}: output folder exists; pass --force to replace its points")
     rows = []
     for p in points:
-        recipe = load_recipe(recipe_path, edit=p.edit(index))
+        recipe = load_recipe(recipe_path, list(overrides), edit=p.edit(index))
         if progress:
             print(f"== {p.key} = {p.value}", flush=True)
         rep = run_recipe(recipe, out / p.label, force=True, progress=False)
