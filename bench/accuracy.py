@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 
 import torch
 
-from common import MODELS, SHARED, eval_data, load, save
+from common import MODELS, ROOT, SHARED, eval_data, load, save
+
+sys.path.insert(0, str(ROOT))
+from scripts.fill_readme import fill  # noqa: E402
 
 from otcompress.channels.fold_bn import fold_batchnorm
 from otcompress.channels.repair import reference, repair
@@ -116,6 +120,33 @@ def main():
     path = save(args.out, rows)
     plot(rows, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png')}")
+    fill("accuracy", table(rows))
+
+
+def table(rows) -> str:
+    """Methods down, model x FLOPs target across; top-1 in %, the best of each column in bold."""
+    cols = list(dict.fromkeys((r["model"], r["flops_target"]) for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["model"], r["flops_target"]): r for r in rows}
+    best = {c: max((r["top1"] for r in rows if (r["model"], r["flops_target"]) == c and "top1" in r), default=None)
+            for c in cols}
+    models = list(dict.fromkeys(m for m, _ in cols))
+    head = ["| method | " + " | ".join(f"{m} {100 * f:.0f}%" for m, f in cols) + " |", "|---" * (len(cols) + 1) + "|",
+            "| original | " + " | ".join(f"{100 * next(r['top1_original'] for r in rows if r['model'] == m and 'top1' in r):.1f}"
+                                         for m, _ in cols) + " |"]
+    lines = []
+    for method in methods:
+        out = []
+        for c in cols:
+            r = cell.get((method, *c))
+            if r is None or "top1" not in r:
+                out.append("fails" if r is not None else "—")
+            else:
+                v = f"{100 * r['top1']:.1f}"
+                out.append(f"**{v}**" if r["top1"] == best[c] else v)
+        lines.append(f"| {method} | " + " | ".join(out) + " |")
+    return "\n".join(head + lines) + f"\n\n({len(models)} models; FLOPs reached within 2% of each target except where" \
+        " Torch-Pruning's step overshoots; the JSON has each run's FLOPs, params and seconds.)"
 
 
 def plot(rows, out):

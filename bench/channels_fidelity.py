@@ -8,11 +8,13 @@ first (`--no-fold-bn`: BN kept and shrunk with its group). `--pattern 0ppp` appl
 
 import argparse
 import copy
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from common import MODELS, eval_data, load, save
+from common import MODELS, ROOT, eval_data, load, save
 
 from otcompress.channels.fold_bn import fold_batchnorm
 from otcompress.metrics import fidelity, predict
@@ -29,12 +31,13 @@ ap.add_argument("--pattern", default="uniform", choices=("uniform", "0ppp"))
 ap.add_argument("--no-fold-bn", action="store_true")
 args = ap.parse_args()
 torch.set_grad_enabled(False)
-rows = []
+rows, n_images = [], {}
 for name in args.models.split(","):
     base = load(name)
     unfolded = None if args.no_fold_bn else copy.deepcopy(base)
     x, y = eval_data(name, args.limit)
     x, y = x[:: args.every], y[:: args.every]
+    n_images[name] = len(x)
     if not args.no_fold_bn:
         fold_batchnorm(base, x[:1])
     ref = predict(base, x)
@@ -61,3 +64,19 @@ from plot_channels import plot
 
 plot([path], path.with_suffix(".png"))
 print(f"wrote {path} and {path.with_suffix('.png')}")
+sys.path.insert(0, str(ROOT))
+from scripts.fill_readme import fill  # noqa: E402
+
+METHODS = ("prune", "intrafusion-merge", "intrafusion-exact", "intrafusion-reference")
+lines = []
+for name in dict.fromkeys(r["model"] for r in rows):
+    rs = [r for r in rows if r["model"] == name]
+    lines += [f"**{name}** (original {100 * rs[0]['top1_original']:.1f}%, {n_images[name]} images)", "",
+              "| sparsity | prune | merge (default) | exact | reference | mean logit distance: merge | reference |",
+              "|---|---|---|---|---|---|---|"]
+    for sp in dict.fromkeys(r["sparsity"] for r in rs):
+        at = {r["method"]: r for r in rs if r["sparsity"] == sp}
+        lines.append(f"| {sp:.1f} | " + " | ".join(f"{100 * at[m]['top1']:.1f}" for m in METHODS)
+                     + f" | {at['intrafusion-merge']['mean_logit_l2']:.3g} | {at['intrafusion-reference']['mean_logit_l2']:.3g} |")
+    lines.append("")
+fill(Path(args.out).stem, "\n".join(lines))
