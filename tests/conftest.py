@@ -39,6 +39,7 @@ def interrupting(*a, **k):  # a real Ctrl-C as the n-th training epoch starts (e
         os.kill(os.getpid(), signal.SIGINT)
     return orig(*a, **k)
 learn.train_epoch = interrupting
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal: a background job inherits SIGINT ignored
 from otcompress.cli import main
 sys.argv = ["otcompress", *sys.argv[1:]]
 main()

@@ -62,9 +62,11 @@ def sensible_init(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module
             if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) and getattr(m, "weight", None) is not None:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-        for m in model.modules():  # zero-initialised classifier heads (timm ViTs) output nothing to compare
-            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and not m.weight.any():
-                m.weight.normal_(0, (1.0 / m.weight[0].numel()) ** 0.5, generator=g)
+        for m in model.modules():  # zero-initialised heads (timm ViTs) and N(0, 0.01) ones (torchvision MobileNetV3,
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):  # EfficientNet) output next to nothing
+                std = (1.0 / m.weight[0].numel()) ** 0.5
+                if m.weight.std() < 0.5 * std:
+                    m.weight.normal_(0, std, generator=g)
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         for m in bns:
             m.reset_running_stats()
@@ -72,11 +74,43 @@ def sensible_init(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module
         model.train()
         model(x)
         model.eval()
-        out = model(x)
-        out = out if isinstance(out, torch.Tensor) else out.logits
+        out = _logits(model, x)
+        if out.std() < 0.05:  # no norm layers to lean on (AlexNet): unit-variance layer outputs, one layer at a time
+            _lsuv(model, x)
+            out = _logits(model, x)
         if out.std() < 0.05:
             raise AssertionError(f"{type(model).__name__}: logits std {out.std():.2g}; comparisons would be vacuous")
     return model
+
+
+def _logits(model, x):
+    out = model(x)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def _lsuv(model: nn.Module, x: torch.Tensor) -> None:
+    """Layer-sequential unit variance (Mishkin & Matas, 2016): in forward order, scale each conv/linear so
+    its output on x has unit standard deviation."""
+    order, stds = [], {}
+
+    def hook(m, inp, out):
+        if m not in stds:
+            order.append(m)
+        stds[m] = float(out.std())
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        model(x)
+        for m in list(order):
+            model(x)
+            if stds[m] > 0:
+                m.weight.div_(stds[m])
+                if m.bias is not None:
+                    m.bias.div_(stds[m])
+    finally:
+        for h in handles:
+            h.remove()
 
 
 HF_CONFIGS = {
