@@ -79,4 +79,5 @@ for name in dict.fromkeys(r["model"] for r in rows):
         lines.append(f"| {sp:.1f} | " + " | ".join(f"{100 * at[m]['top1']:.1f}" for m in METHODS)
                      + f" | {at['intrafusion-merge']['mean_logit_l2']:.3g} | {at['intrafusion-reference']['mean_logit_l2']:.3g} |")
     lines.append("")
-fill(Path(args.out).stem, "\n".join(lines))
+print("\n".join(lines))
+fill(Path(args.out).stem, "\n".join(lines), required=False)

@@ -10,10 +10,13 @@ from pathlib import Path
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def fill(name: str, body: str, readme: Path = README) -> None:
+def fill(name: str, body: str, readme: Path = README, required: bool = True) -> None:
+    """`required=False`: a README without the markers is left alone (the table is printed by the caller)."""
     text = readme.read_text()
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
+        if not required:
+            return
         sys.exit(f"error: {readme}: no {start} … {end} markers")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
