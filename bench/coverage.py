@@ -3,7 +3,10 @@ random weights, CPU) and collects what each model went through; beside it, tries
 MagnitudePruner on the same model at the same ratio (30%, L1, classifier kept), each in a subprocess with a
 time limit. Writes bench/results/coverage.json and the table between the coverage markers in README.md.
 
-    .venv/bin/python bench/coverage.py [--tp-timeout 300] [--rows FILE]
+    .venv/bin/python bench/coverage.py [--tp-timeout 300] [--rows FILE] [--tp-only FILE | --tp FILE]
+
+--rows reuses the rows a `make test` run wrote with OTC_COVERAGE_JSON=FILE; --tp-only/--tp measure Torch-Pruning
+separately and reuse it (the two halves can run side by side).
 """
 
 from __future__ import annotations
@@ -87,9 +90,18 @@ def main():
     ap.add_argument("--tp-one")
     ap.add_argument("--tp-timeout", type=int, default=300)
     ap.add_argument("--rows", help="rows written by an earlier test run (skip running the tests)")
+    ap.add_argument("--tp-only", help="measure Torch-Pruning on every CNN into this JSON file and stop")
+    ap.add_argument("--tp", help="Torch-Pruning results from an earlier --tp-only run")
     args = ap.parse_args()
     if args.tp_one:
         print(json.dumps(torch_pruning_one(args.tp_one)))
+        return
+    if args.tp_only:
+        res = {}
+        for c in CNNS:
+            res[c.arch] = torch_pruning(c.arch, args.tp_timeout)
+            print(c.arch, res[c.arch], flush=True)
+        Path(args.tp_only).write_text(json.dumps(res, indent=2) + "\n")
         return
     rows_file = Path(args.rows) if args.rows else Path(tempfile.mkdtemp()) / "rows.jsonl"
     if not args.rows:
@@ -102,8 +114,9 @@ def main():
     for line in rows_file.read_text().splitlines():
         row = json.loads(line)
         rows[row.pop("model")].update(row)
+    earlier = json.loads(Path(args.tp).read_text()) if args.tp else {}
     for c in CNNS:
-        rows[c.arch]["torch_pruning"] = torch_pruning(c.arch, args.tp_timeout)
+        rows[c.arch]["torch_pruning"] = earlier.get(c.arch) or torch_pruning(c.arch, args.tp_timeout)
         print(c.arch, rows[c.arch]["torch_pruning"], flush=True)
     out = ROOT / "bench" / "results" / "coverage.json"
     out.parent.mkdir(parents=True, exist_ok=True)
