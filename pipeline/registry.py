@@ -25,6 +25,10 @@ class Registry:
 
         return add(entry) if entry is not None else add
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (a plugin's, or a test's, when it is done with it)."""
+        self._entries.pop(name, None)
+
     def __getitem__(self, name: str) -> Any:
         if name not in self._entries:
             raise OTCError(f"unknown {self.what} {name!r}{self.hint(name)} (known: {', '.join(self)})")

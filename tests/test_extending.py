@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from .conftest import ROOT
@@ -17,7 +18,21 @@ def _blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
-def test_the_readme_examples_register_a_method_a_criterion_and_a_backend(tmp_path):
+@pytest.fixture
+def registered():
+    """The examples register into the process-wide registries; remove them afterwards so that later tests (the
+    family matrix validates with every registered backend) see the built-in entries only."""
+    from otcompress.channels.importance import IMPORTANCE
+    from otcompress.exporters import BACKENDS
+    from otcompress.tokens.merge import METHODS
+
+    yield
+    for reg, name in ((METHODS, "keynorm"), (IMPORTANCE, "linf"), (BACKENDS, "onnxruntime-unoptimised")):
+        reg.unregister(name)
+    assert "onnxruntime-unoptimised" not in BACKENDS
+
+
+def test_the_readme_examples_register_a_method_a_criterion_and_a_backend(tmp_path, registered):
     blocks = _blocks()
     assert len(blocks) >= 3
     for code in blocks:
