@@ -23,7 +23,7 @@ sparsity = 0.5
 def test_quickstart_parses_and_resolves_paths_against_recipe_folder():
     r = load_recipe(QUICKSTART)
     assert r.model["checkpoint"] == str((QUICKSTART.parent / "data" / "digits_cnn.safetensors").resolve())
-    assert [s["kind"] for s in r.stages] == ["fold_bn", "intrafusion", "export_onnx", "validate"]
+    assert [s["kind"] for s in r.stages] == ["fold_bn", "intrafusion", "repair", "export_onnx", "validate"]
     assert r.stages[1]["importance"] == "l1" and r.stages[1]["fusion"] == "merge"  # defaults filled in
 
 
