@@ -17,7 +17,8 @@ import torch
 from common import MODELS, ROOT, eval_data, load, save
 
 from otcompress.channels.fold_bn import fold_batchnorm
-from otcompress.metrics import fidelity, predict
+from otcompress.metrics import predict
+from otcompress.tasks.classification import fidelity
 from otcompress.channels.shrink import shrink_channels
 
 ap = argparse.ArgumentParser()

@@ -17,7 +17,8 @@ import torch
 from common import save
 
 from otcompress.cli.bench import time_fn
-from otcompress.exporters.onnx import OrtRunner, export_onnx
+from otcompress.exporters.onnx import export_onnx
+from otcompress.exporters.onnxruntime import OrtRunner
 from otcompress.channels.fold_bn import fold_batchnorm
 from otcompress.metrics import count_flops
 from otcompress.channels.shrink import shrink_channels

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from common import OpCount, save
 
 from otcompress.dtp.masks import TransportMasks
-from otcompress.dtp.learn import MaskedNet, mask_points
+from otcompress.dtp.masked import MaskedNet, mask_points
 from otcompress.channels.groups import GroupGraph
 from otcompress.channels.importance import criterion
 from otcompress.models import build_model

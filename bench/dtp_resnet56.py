@@ -58,15 +58,15 @@ for p in [float(s) for s in args.sparsities.split(",")]:
 import torch
 
 torch.backends.cudnn.benchmark = True
-from otcompress.recipe import load_recipe
-from otcompress.compress import run_recipe
+from otcompress.plan import load_plan
+from otcompress.run import run_plan
 
 with tempfile.TemporaryDirectory() as td:
     for label, p, stages in runs:
         path = Path(td) / "r.toml"
         path.write_text(recipe("b", stages))
         t0 = time.perf_counter()
-        rep = run_recipe(load_recipe(path), Path(td) / "out", force=True, progress=False)
+        rep = run_plan(load_plan(path), Path(td) / "out", force=True, progress=False)
         st = rep["stages"]
         hist = [h for s in st for h in (s.get("details") or {}).get("history", [])]
         after_shrink = next((s for s in st if s["kind"] in ("prune", "intrafusion")), None)

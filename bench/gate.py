@@ -26,13 +26,14 @@ from tests.wrong_exports import CNN, VIT, WRONG_CNN, WRONG_VIT, applies, cnn_ref
 
 def judge(reference, exported, x, folder: Path) -> dict:
     """Export `exported`, validate it against `reference` with the default gate; the observed numbers."""
-    from otcompress.exporters.onnx import OrtRunner, export_onnx
+    from otcompress.exporters.onnx import export_onnx
+    from otcompress.exporters.onnxruntime import OrtRunner
     from otcompress.exporters.pytorch import TorchRunner
     from otcompress.validation import Gate, validate
 
     path = folder / "m.onnx"
     export_onnx(exported, torch.zeros(1, 3, 32, 32), path, dynamic_batch=True)
-    res = validate(TorchRunner(reference, input_shape=[1, 3, 32, 32]), [OrtRunner(path)], x, Gate())
+    res = validate(TorchRunner(reference, input_shape=[1, 3, 32, 32]), [OrtRunner(path)], x, Gate()).as_dict()
     ex = next(c for c in res["checks"] if c["check"].startswith("export:"))
     dec = next((c for c in res["checks"] if c["check"].startswith("decisions:")), None)
     return {"passed": res["passed"], "max_abs": ex.get("max_abs"), "max_rel": ex.get("max_rel"),

@@ -17,7 +17,8 @@ import torch
 from common import CIFAR_NORM, RESULTS, load, need, save
 
 from otcompress.data import load_dataset
-from otcompress.exporters.onnx import OrtRunner, export_onnx
+from otcompress.exporters.onnx import export_onnx
+from otcompress.exporters.onnxruntime import OrtRunner
 from otcompress.tokens.patch import apply_token_reduction
 
 ap = argparse.ArgumentParser()

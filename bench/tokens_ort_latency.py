@@ -21,7 +21,8 @@ from tqdm import tqdm
 from common import load, save
 
 from otcompress.cli.bench import time_fn
-from otcompress.exporters.onnx import OrtRunner, export_onnx
+from otcompress.exporters.onnx import export_onnx
+from otcompress.exporters.onnxruntime import OrtRunner
 from otcompress.metrics import count_flops
 from otcompress.tokens.patch import apply_token_reduction
 

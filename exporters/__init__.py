@@ -30,6 +30,6 @@ class Backend:
 
 
 BACKENDS = Registry("backend")
-BACKENDS.register("onnxruntime", Backend("onnxruntime", "model.onnx", (".onnx",), "otcompress.exporters.onnx:OrtRunner"))
+BACKENDS.register("onnxruntime", Backend("onnxruntime", "model.onnx", (".onnx",), "otcompress.exporters.onnxruntime:OrtRunner"))
 BACKENDS.register("tensorrt", Backend("tensorrt", "model.plan", (".plan", ".engine"), "otcompress.exporters.tensorrt:TrtRunner"))
 

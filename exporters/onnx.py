@@ -1,10 +1,11 @@
-"""ONNX: export (torch.onnx.export, dynamo or legacy; onnxscript optimizer, strict shape inference, full
-checker, stable names `input`/`logits`, external data past 2 GB, atomic write) and the onnxruntime runner.
+"""ONNX export, the loader half of the ONNX backend (the onnxruntime runner is onnxruntime.py): torch.onnx.export
+(dynamo or legacy), onnxscript's optimizer, strict shape inference, the full checker, stable names (`input`;
+outputs named by their path in the model's output tree, `logits` for a single tensor), external data past
+2 GB, an atomic write.
 
-Token-reduced models take discrete decisions (which tokens merge). The export names those intermediate
-tensors `tokens.dest.<block>` and lists them in the model's metadata (`otcompress.decisions`); they are
-not graph outputs. The runner can mark them as outputs of its session, as Polygraphy's `--onnx-outputs`
-does, which adds no computation, so validation can replay the exported model's own decisions in PyTorch."""
+Taps (otcompress.taps: the discrete decisions of token-reducing blocks) are named intermediate tensors of the
+graph, listed in the model's metadata under `otcompress.taps`, not graph outputs; a runner can mark them as
+outputs of its session, as Polygraphy's `--onnx-outputs` does, adding no computation."""
 
 from __future__ import annotations
 
@@ -22,42 +23,34 @@ import torch
 import torch.nn as nn
 
 from otcompress.errors import OTCError
+from otcompress.outputs import Flat, names as output_names
+from otcompress.taps import tap_names
 
-from .base import Runner
-
-INPUT, OUTPUT = "input", "logits"
-DECISIONS_KEY = "otcompress.decisions"
+INPUT = "input"
+TAPS_KEY = "otcompress.taps"
 TWO_GB = 2 * 1024**3
-
-
-class _WithDecisions(nn.Module):
-    """Exports the model's logits plus every reducing block's decision tensor (named, then un-marked)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        from otcompress.tokens.decisions import recording
-
-        with recording() as rec:
-            y = self.model(x)
-        return (y, *rec.values())
-
-
-def decision_names(model: nn.Module) -> list[str]:
-    from otcompress.tokens.decisions import names
-
-    return names(model)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, opset: int = 18,
                 exporter: str = "dynamo", dynamic_batch: bool = False) -> dict:
+    """Export `model` at the shape of `example` to `path` (written atomically) and check it.
+
+    Args:
+        opset: ONNX opset (18 keeps LayerNormalization one op).
+        exporter: "dynamo" (torch.export; OTPrune's loop stays one Scan) or "legacy" (TorchScript).
+        dynamic_batch: a symbolic batch dimension instead of example's.
+
+    Returns: what was written (file, opset, inputs, outputs, nodes, op types, taps).
+
+    Raises:
+        OTCError: the exporter failed (its message, shortened).
+    """
     path = Path(path)
     model = model.eval()
-    dec = decision_names(model)
-    outputs = [OUTPUT, *dec]
-    module = _WithDecisions(model) if dec else model
+    taps = tap_names(model, example)
+    outs = output_names(model, example)
+    outputs = [*outs, *taps]
+    module = Flat(model, with_taps=bool(taps)).eval()  # exporters restore the mode they found, recursively
     axes = {n: {0: "batch"} for n in (INPUT, *outputs)} if dynamic_batch else None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-") as td:
         raw = Path(td) / "raw.onnx"
@@ -77,11 +70,11 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
             raise OTCError(f"ONNX export ({exporter}, opset {opset}) of {type(model).__name__} failed: "
                            f"{type(e).__name__}: {str(e)[:2000]}") from None
         proto = _optimize(onnx.load(str(raw), load_external_data=True))
-        if dec:  # decisions stay named intermediate values, listed in the metadata, not outputs
-            keep = [o for o in proto.graph.output if o.name == OUTPUT]
+        if taps:  # taps stay named intermediate values, listed in the metadata, not outputs
+            keep = [o for o in proto.graph.output if o.name in outs]
             del proto.graph.output[:]
             proto.graph.output.extend(keep)
-            proto.metadata_props.add(key=DECISIONS_KEY, value=json.dumps(dec))
+            proto.metadata_props.add(key=TAPS_KEY, value=json.dumps(taps))
         external = _byte_size(proto) >= TWO_GB
         tmp = Path(td) / "final.onnx"
         if external:  # protobuf cannot hold it in one message: shape inference and checks work on the path
@@ -99,7 +92,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
     ops = sorted({n.op_type for n in proto.graph.node})
     return {"file": path.name, "opset": opset, "exporter": exporter, "dynamic_batch": dynamic_batch,
             "inputs": io_specs(proto.graph.input), "outputs": io_specs(proto.graph.output),
-            "nodes": len(proto.graph.node), "ops": ops, "external_data": external, "decisions": dec}
+            "nodes": len(proto.graph.node), "ops": ops, "external_data": external, "taps": taps}
 
 
 def _byte_size(proto: onnx.ModelProto) -> int:
@@ -138,7 +131,7 @@ def io_specs(values) -> list[dict]:
 
 
 def load_checked(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
-    """Load and check an ONNX file, turning truncation or corruption into a clear error."""
+    """Load and check an ONNX file. Raises OTCError naming the file where it is missing, truncated or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise OTCError(f"{path}: file not found")
@@ -150,74 +143,6 @@ def load_checked(path: str | Path, load_external_data: bool = True) -> onnx.Mode
     return proto
 
 
-def ort_providers() -> list[str]:
-    import onnxruntime as ort
-
-    avail = ort.get_available_providers()
-    return [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
-
-
-class OrtRunner(Runner):
-    """onnxruntime, with the best available providers (TensorRT EP, CUDA EP, CPU); `describe` reports the
-    providers the session really uses, since onnxruntime falls back to CPU silently."""
-
-    def __init__(self, path: str | Path, providers: list[str] | None = None, name: str = "onnxruntime"):
-        super().__init__()
-        self.path = Path(path)
-        self.name = name
-        self.wanted = providers
-        proto = load_checked(self.path, load_external_data=False)  # fail early on a bad file
-        self.decisions = json.loads(next((p.value for p in proto.metadata_props if p.key == DECISIONS_KEY), "[]"))
-        self.reports_decisions = bool(self.decisions) and not _has_external_data(self.path)
-        inp = proto.graph.input[0]
-        dims = inp.type.tensor_type.shape.dim
-        self.input_name = inp.name
-        self.input_shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-        self.input_dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name
-        self.output_names = [o.name for o in proto.graph.output]
-        self.session = None
-
-    def options(self):
-        """Session options (a subclass changes them: another optimisation level, threads, ...)."""
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        return so
-
-    def _activate(self):
-        import onnxruntime as ort
-
-        so = self.options()
-        try:
-            if self.reports_decisions:
-                proto = onnx.load(str(self.path))
-                proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, None)
-                                          for n in self.decisions)
-                src = proto.SerializeToString()
-            else:
-                src = str(self.path)
-            self.session = ort.InferenceSession(src, so, providers=self.wanted or ort_providers())
-        except Exception as e:
-            raise OTCError(f"{self.path}: onnxruntime cannot load it ({str(e)[:300]})") from None
-
-    def _deactivate(self):
-        self.session = None
-
-    @property
-    def providers(self) -> list[str]:
-        """The providers the session really uses: onnxruntime falls back to CPU silently."""
-        self.activate()
-        return self.session.get_providers()
-
-    def _infer(self, x, decisions):
-        names = self.output_names + (self.decisions if decisions and self.reports_decisions else [])
-        return dict(zip(names, self.session.run(names, {self.input_name: x})))
-
-    def describe(self):
-        return {"name": self.name, "file": self.path.name, "providers": self.providers}
-
-
-def _has_external_data(path: Path) -> bool:
+def has_external_data(path: Path) -> bool:
     proto = onnx.load(str(path), load_external_data=False)
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)

@@ -6,12 +6,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from otcompress.outputs import flatten
+from otcompress.taps import forcing, recording
+
 from .base import Runner
-from .onnx import OUTPUT
 
 
 class TorchRunner(Runner):
-    reports_decisions = True
+    """Runs an nn.Module; reports its taps, and can `replay` a backend's taps (the same decisions).
+
+    Args:
+        model: put in eval mode on `device`.
+        name: e.g. "pytorch:compressed".
+        device: "cpu" or "cuda".
+        input_shape: the model's input shape (its batch dimension is free); None skips the input check.
+    """
+
+    reports_taps = True
 
     def __init__(self, model: nn.Module, name: str = "pytorch", device: str = "cpu", input_shape=None):
         super().__init__()
@@ -24,28 +35,32 @@ class TorchRunner(Runner):
         if self.input_shape:
             super().check_input(x)
 
+    @staticmethod
+    def _numpy(out) -> dict[str, np.ndarray]:
+        return {k: v.float().cpu().numpy() for k, v in flatten(out).items()}
+
     @torch.no_grad()
-    def _infer(self, x, decisions):
+    def _infer(self, x, taps):
         xt = torch.from_numpy(x).to(self.device)
-        if not decisions:
-            return {OUTPUT: self.model(xt).float().cpu().numpy()}
-        from otcompress.tokens.decisions import recording
-
-        with recording() as rec:
-            out = self.model(xt)
-        return {OUTPUT: out.float().cpu().numpy(), **{k: v.cpu().numpy() for k, v in rec.items()}}
+        if not taps:
+            outs = self._numpy(self.model(xt))
+        else:
+            with recording() as rec:
+                outs = self._numpy(self.model(xt))
+            self.tap_names = list(rec)
+            outs.update({k: v.cpu().numpy() for k, v in rec.items()})
+        self.output_names = [k for k in outs if k not in self.tap_names]
+        return outs
 
     @torch.no_grad()
-    def replay(self, x: np.ndarray, dests: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
-        """Logits when every token-reducing block takes the given decisions instead of its own."""
-        from otcompress.tokens.decisions import forcing
-
+    def replay(self, x: np.ndarray, taps: dict[str, np.ndarray], batch: int = 64) -> dict[str, np.ndarray]:
+        """Outputs when every tap takes the given values instead of its own."""
         outs = []
         for i in range(0, len(x), batch):
-            forced = {k: torch.from_numpy(v[i:i + batch]).to(self.device) for k, v in dests.items()}
+            forced = {k: torch.from_numpy(v[i:i + batch]).to(self.device) for k, v in taps.items()}
             with forcing(forced):
-                outs.append(self.model(torch.from_numpy(x[i:i + batch]).to(self.device)).float().cpu().numpy())
-        return np.concatenate(outs)
+                outs.append(self._numpy(self.model(torch.from_numpy(x[i:i + batch]).to(self.device))))
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
     def describe(self):
         return {"name": self.name, "device": self.device}

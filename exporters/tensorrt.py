@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from otcompress.artifacts import atomic_write_bytes
 from otcompress.errors import OTCError
 
 from .base import Runner
-from .onnx import OUTPUT, load_checked
+from .onnx import load_checked
 
 
 class TensorRTUnavailable(OTCError):
@@ -49,8 +50,6 @@ def onnx_dynamic_batch(onnx_path: str | Path) -> bool:
 
 def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str = "fp32", workspace_gb: float = 4.0,
                  max_batch: int = 64) -> dict:
-    from otcompress.artifacts import atomic_write_bytes
-
     trt = import_tensorrt()
     dynamic_batch = onnx_dynamic_batch(onnx_path)
     fp16_flag = hasattr(trt.BuilderFlag, "FP16")
@@ -113,11 +112,12 @@ class TrtRunner(Runner):
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.input_shape = [d if d > 0 else "batch" for d in self.engine.get_tensor_shape(self.inputs[0])]
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.inputs[0]))).name
+        self.output_names = list(self.outputs)  # the ONNX model's output names
 
     def _deactivate(self):
         self.context = self.engine = None
 
-    def _infer(self, x, decisions):
+    def _infer(self, x, taps):
         import torch
 
         xin = torch.from_numpy(x).cuda()
@@ -133,7 +133,7 @@ class TrtRunner(Runner):
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise OTCError(f"{self.path}: TensorRT execution failed")
         stream.synchronize()
-        return {(OUTPUT if n == self.outputs[0] else n): v.float().cpu().numpy() for n, v in outs.items()}
+        return {n: v.float().cpu().numpy() for n, v in outs.items()}
 
     def describe(self):
         return {"name": self.name, "file": self.path.name, "tensorrt": self.trt.__version__, "gpu": gpu_name()}

@@ -1,5 +1,7 @@
-"""Datasets as in-memory tensors: .npz (x uint8 NHWC or float NCHW, y) or an ImageFolder directory/tarball.
-Images stay uint8 until a batch is normalised, so CIFAR-10's 50k training images take 150 MB."""
+"""Datasets as in-memory tensors: .npz (x uint8 NHWC or float NCHW; y class labels, or for detection `boxes`
+(N, M, 4) xyxy pixels with `box_classes` (N, M), -1 where there is no box, or for segmentation `masks` (N, H, W),
+255 ignored) or an ImageFolder directory/tarball. Images stay uint8 until a batch is normalised, so CIFAR-10's
+50k training images take 150 MB."""
 
 from __future__ import annotations
 
@@ -16,13 +18,27 @@ from .errors import OTCError
 IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
 
+TARGET_KEYS = ("boxes", "box_classes", "masks")
+
+
 @dataclass
 class Dataset:
     x: torch.Tensor  # uint8 NCHW (raw pixels) or float NCHW (already scaled)
     y: torch.Tensor | None
+    targets: dict[str, np.ndarray] | None = None  # detection boxes/classes or segmentation masks, per sample
 
     def __len__(self):
         return self.x.shape[0]
+
+    def take(self, idx) -> "Dataset":
+        return Dataset(self.x[idx], self.y[idx] if self.y is not None else None,
+                       {k: v[np.asarray(idx) if not isinstance(idx, slice) else idx] for k, v in self.targets.items()}
+                       if self.targets else None)
+
+    @property
+    def labels(self):
+        """Class labels, else the targets dict, else None (what the gate's fidelity checks compare with)."""
+        return self.y if self.y is not None else self.targets
 
     def batch(self, idx, mean=None, std=None) -> torch.Tensor:
         x = self.x[idx]
@@ -39,6 +55,7 @@ def _from_npz(path: Path) -> Dataset:
         z = np.load(path, allow_pickle=False)
         x = z["x"]
         y = z["y"] if "y" in z.files else None
+        targets = {k: z[k] for k in TARGET_KEYS if k in z.files} or None
     except KeyError:
         raise OTCError(f"{path}: .npz needs an array 'x' (and 'y' for labels); it has {list(np.load(path).files)}") from None
     except Exception as e:
@@ -53,7 +70,12 @@ def _from_npz(path: Path) -> Dataset:
         t = torch.from_numpy(x.astype(np.float32))
     if y is not None and len(y) != len(x):
         raise OTCError(f"{path}: x has {len(x)} samples but y has {len(y)}")
-    return Dataset(t, torch.from_numpy(y.astype(np.int64)) if y is not None else None)
+    for k, v in (targets or {}).items():
+        if len(v) != len(x):
+            raise OTCError(f"{path}: x has {len(x)} samples but {k} has {len(v)}")
+    if targets and ("boxes" in targets) != ("box_classes" in targets):
+        raise OTCError(f"{path}: detection labels need both 'boxes' (N, M, 4) and 'box_classes' (N, M)")
+    return Dataset(t, torch.from_numpy(y.astype(np.int64)) if y is not None else None, targets)
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -119,7 +141,7 @@ def sample_dataset(path: str | Path, n: int, seed: int = 0) -> Dataset:
     if path.suffix == ".npz" or n <= 0:
         ds = load_dataset(path)
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return Dataset(ds.x[idx], ds.y[idx] if ds.y is not None else None)
+        return ds.take(idx.numpy())
     _check_format(path)
     items = _items(path)
     idx = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
@@ -140,5 +162,5 @@ def load_dataset(path: str | Path, limit: int | None = None) -> Dataset:
         _CACHE[key] = ds
     ds = _CACHE[key]
     if limit is not None and limit < len(ds):
-        return Dataset(ds.x[:limit], ds.y[:limit] if ds.y is not None else None)
+        return ds.take(slice(0, limit))
     return ds

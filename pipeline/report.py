@@ -1,6 +1,9 @@
-"""Human-readable views of report.json: the stage table printed at the end and report.md."""
+"""Human-readable views of report.json: the stage table printed at the end and report.md. The task's metrics
+fill the fidelity columns (classifiers: top-1 agreement, max |Δlogit|, accuracy)."""
 
 from __future__ import annotations
+
+DEFAULT_COLUMNS = [["top1_agreement", "top1 agree"], ["max_abs_error", "max |Δlogit|"], ["accuracy", "accuracy"]]
 
 
 def _fmt_int(n: int) -> str:
@@ -10,23 +13,31 @@ def _fmt_int(n: int) -> str:
     return str(n)
 
 
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2e}" if "error" in key else f"{v:.4f}"
+
+
+def _head(report: dict) -> list[str]:
+    cols = report.get("columns") or DEFAULT_COLUMNS
+    return ["stage", "params", "×orig", "FLOPs", "×orig", *[h for _, h in cols], "s"]
+
+
 def stage_rows(report: dict) -> list[list[str]]:
     base = report["stages"][0]
+    cols = report.get("columns") or DEFAULT_COLUMNS
     rows = []
     for r in report["stages"]:
-        acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
         rows.append([r["kind"], _fmt_int(r["params"]), f"{r['params'] / base['params']:.3f}", _fmt_int(r["flops"]),
-                     f"{r['flops'] / base['flops']:.3f}", f"{r['top1_agreement']:.4f}", f"{r['max_abs_error']:.2e}", acc,
-                     f"{r['seconds']:.1f}"])
+                     f"{r['flops'] / base['flops']:.3f}", *[_fmt(k, r.get(k)) for k, _ in cols], f"{r['seconds']:.1f}"])
     return rows
 
 
-HEAD = ["stage", "params", "×orig", "FLOPs", "×orig", "top1 agree", "max |Δlogit|", "accuracy", "s"]
-
-
 def stage_table(report: dict) -> str:
-    rows = [HEAD] + stage_rows(report)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEAD))]
+    head = _head(report)
+    rows = [head] + stage_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     verdict = "validation: " + verdict_word(report["validation"])
     return "\n".join([line(rows[0]), line(["-" * w for w in widths])] + [line(r) for r in rows[1:]] + [verdict])
@@ -40,9 +51,9 @@ def verdict_word(v: dict) -> str:
 
 
 def render_markdown(report: dict) -> str:
+    head = _head(report)
     out = [f"# {report['name']}", "", f"Recipe `{report['recipe']}` (sha256 `{report['recipe_sha256'][:12]}…`); "
-           f"fidelity measured on {report['probe']}.", "", "| " + " | ".join(HEAD) + " |",
-           "|" + "---|" * len(HEAD)]
+           f"fidelity measured on {report['probe']}.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(r) + " |" for r in stage_rows(report)]
     for r in report["stages"]:
         groups = (r.get("details") or {}).get("groups")
@@ -50,6 +61,10 @@ def render_markdown(report: dict) -> str:
             out += ["", f"## {r['kind']}: channel groups", "", "| group | before | after | fused | layers |", "|---|---|---|---|---|"]
             out += [f"| {g['group']} | {g['before']} | {g['after']} | {'yes' if g['fused'] else 'no'} | {len(g['layers'])} |"
                     for g in groups]
+    q = report.get("quantization")
+    if q:
+        out += ["", "## Quantization", "", f"settings: `{q.get('settings')}`", ""]
+        out += [f"- kept in float: `{f['node']}` ({f['why']})" for f in q.get("float", [])] or ["- every quantizable op is INT8"]
     v = report["validation"]
     out += ["", "## Validation", "", f"**{verdict_word(v)}**", ""]
     for c in v.get("checks", []):

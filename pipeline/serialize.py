@@ -12,31 +12,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 import torch.nn as nn
 
+from .channels import fold_bn  # noqa: F401  (registers the replacements a channel stage leaves: FoldedNormAct)
 from .artifacts import atomic_write_bytes
 from .errors import OTCError
-from .registry import Registry
+from .models import build_model
+from .models.checkpoint import load_weights, read_state_dict
+from .surgery import REPLACEMENTS, original_class, set_submodule
+from .tokens.patch import apply_token_reduction
 
-FORMAT = "otcompress/2"
+FORMAT = "otcompress/3"
 SIMPLE = (int, float, bool, str, type(None))
-
-# A module that replaces another one at the same name: {type name: build(spec, fresh module at that name)}.
-REPLACEMENTS = Registry("module replacement")
-REPLACEMENTS.register("Identity", lambda spec, fresh: nn.Identity())
-
-
-def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, leaf, new)
-
-
-def _own_class(m: nn.Module) -> type:
-    from .tokens.patch import original_class
-
-    return original_class(m)
 
 
 def _simple(v) -> bool:
@@ -55,12 +44,12 @@ def _tensors(m: nn.Module) -> dict:
 
 def module_diff(m: nn.Module, fresh: nn.Module) -> dict | None:
     """How module m differs from the fresh one at the same name (None: not at all)."""
-    if _own_class(m) is not _own_class(fresh):
-        spec = getattr(m, "otcompress_spec", None)
+    if original_class(m) is not original_class(fresh):
         name = type(m).__name__
         if name not in REPLACEMENTS:
-            raise OTCError(f"cannot record a {name} that replaced a {type(fresh).__name__}: no rebuild rule")
-        return {"replace": name, **(spec() if callable(spec) else {})}
+            raise OTCError(f"cannot record a {name} that replaced a {type(fresh).__name__}: no rebuild rule "
+                           "(register one in otcompress.surgery.REPLACEMENTS)")
+        return {"replace": name}
     d = {}
     mine, theirs = _tensors(m), _tensors(fresh)
     shapes = {k: v for k, v in mine.items() if theirs.get(k) != v}
@@ -86,8 +75,6 @@ def structure_diff(model: nn.Module, fresh: nn.Module) -> dict[str, dict]:
 
 def apply_diff(model: nn.Module, diff: dict[str, dict]) -> None:
     """Reshape a fresh model as recorded (values come from the state_dict afterwards)."""
-    from .channels import fold_bn  # noqa: F401  (registers the norm-activation replacements)
-
     for name in sorted(diff, key=lambda n: n.count(".")):  # parents first: a replacement drops its children
         d = diff[name]
         try:
@@ -108,12 +95,13 @@ def apply_diff(model: nn.Module, diff: dict[str, dict]) -> None:
                 m._buffers[attr] = t
 
 
-def save_compressed(path: str | Path, model: nn.Module, meta: dict) -> None:
+def save_compressed(path: str | Path, model: nn.Module, meta: dict, fresh_copy: nn.Module | None = None) -> None:
+    """Write compressed.safetensors atomically: the weights, and in the metadata `meta` plus how every module
+    differs from a fresh build (from meta's arch, else `fresh_copy`: the uncompressed model)."""
     from safetensors.torch import save
 
-    from .models import build_model
-
-    fresh = build_model(meta["arch"], meta.get("args"), meta.get("facts"))
+    fresh = build_model(meta["arch"], meta.get("args"), meta.get("facts"), meta.get("input_shape")) if meta["arch"] \
+        else fresh_copy
     meta = dict(meta, format=FORMAT, modules=structure_diff(model, fresh))
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save(sd, metadata={"otcompress": json.dumps(meta)}))
@@ -142,17 +130,17 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_compressed(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the compressed model from compressed.safetensors alone."""
-    from .models import build_model
-    from .models.checkpoint import load_weights, read_state_dict
-
+def load_compressed(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the compressed model from compressed.safetensors alone: (model in eval mode, metadata). `model`,
+    a freshly built original, is needed only where the run recorded no model source (it is changed in place)."""
     meta = read_meta(path)
-    model = build_model(meta["arch"], meta.get("args"), meta.get("facts"))
+    if model is None and not meta["arch"]:
+        raise OTCError(f"{path}: compressed from an in-memory model without a source; pass a freshly built model of "
+                       "the same architecture: otcompress.load(path, model=...)")
+    if model is None:
+        model = build_model(meta["arch"], meta.get("args"), meta.get("facts"), meta.get("input_shape"))
     apply_diff(model, meta["modules"])
     if meta.get("tokens"):
-        from .tokens.patch import apply_token_reduction
-
         apply_token_reduction(model, meta["tokens"])
     load_weights(model, read_state_dict(path), str(path))
     return model.eval(), meta

@@ -31,7 +31,7 @@ def run_cli(*args):
 
 INTERRUPT = """
 import os, signal, sys
-import otcompress.dtp.learn as learn
+import otcompress.training.loop as learn
 n, calls, orig = int(os.environ["OTC_TEST_INTERRUPT_AT_EPOCH"]), [0], learn.train_epoch
 def interrupting(*a, **k):  # a real Ctrl-C as the n-th training epoch starts (epoch n-1's checkpoint is written)
     calls[0] += 1

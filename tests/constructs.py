@@ -158,7 +158,7 @@ def duplicate(model: nn.Module, example: torch.Tensor) -> None:
             half = len(members) // 2
             src, dst = members[:half], members[half:2 * half]
             for s in g.slices:
-                for name in s.tensors:
+                for name in () if s.constraint else s.tensors:
                     t = getattr(s.module, name, None)
                     if t is not None:
                         write_values(s, t.data, s.index[dst].flatten(), channel_values(s, t.data)[src])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from otcompress.errors import OTCError
 from otcompress.exporters.onnx import export_onnx
-from otcompress.exporters.onnx import OrtRunner
+from otcompress.exporters.onnxruntime import OrtRunner
 from otcompress.channels.fold_bn import fold_batchnorm
 from otcompress.channels.groups import GroupGraph
 from otcompress.channels.fusion import fusion_maps, transport_plan
@@ -100,8 +100,9 @@ def test_m_equals_n_is_the_identity():
     torch.manual_seed(0)
     feats, imp = torch.randn(10, 7), torch.rand(10)
     P, slots = transport_plan(feats, imp, 10)
-    t_out, t_in = fusion_maps(P)
-    assert torch.allclose(t_out, torch.eye(10, dtype=t_out.dtype)) and torch.allclose(t_in, torch.eye(10, dtype=t_in.dtype))
+    for fusion in ("exact", "merge"):  # the function-preserving fusion and the default
+        t_out, t_in = fusion_maps(P, fusion, slots, torch.rand(10, dtype=torch.float64) + 0.5)
+        assert torch.allclose(t_out, torch.eye(10, dtype=t_out.dtype)) and torch.allclose(t_in, torch.eye(10, dtype=t_in.dtype))
     model = randomize_bn(build_model("cifar_resnet20"))
     x = torch.randn(2, 3, 32, 32)
     ref = model(x).detach()
@@ -224,3 +225,12 @@ def test_user_factory_model(tmp_path, monkeypatch):
     model = build_model("mynet:build", {"width": 12})
     rep = shrink_channels(model, torch.zeros(1, 3, 16, 16), "intrafusion", sparsity=0.5, progress=False)
     assert sorted(r["after"] for r in rep) == [6, 6]
+
+
+def test_a_per_stage_list_on_a_net_without_layerN_stages_is_an_error():
+    """Was: cifar_mobilenetv2 (stages named layers.*) took [0, .5, .5, .5] as all-zero and pruned nothing."""
+    from otcompress.channels.shrink import shrink_channels
+
+    with pytest.raises(OTCError, match="no layerN stages"):
+        shrink_channels(build_model("cifar_mobilenetv2"), torch.zeros(1, 3, 32, 32), "prune",
+                        sparsity=[0, 0.5, 0.5, 0.5], progress=False)

@@ -14,12 +14,13 @@ METHODS = ["tome", "pitome", "otprune"]
 
 
 def _judge(reference, exported, x, tmp_path):
-    from otcompress.exporters.onnx import OrtRunner, export_onnx
+    from otcompress.exporters.onnx import export_onnx
+    from otcompress.exporters.onnxruntime import OrtRunner
     from otcompress.exporters.pytorch import TorchRunner
     from otcompress.validation import Gate, validate
 
     export_onnx(exported, torch.zeros(1, 3, 32, 32), tmp_path / "m.onnx", dynamic_batch=True)
-    return validate(TorchRunner(reference, input_shape=[1, 3, 32, 32]), [OrtRunner(tmp_path / "m.onnx")], x, Gate())
+    return validate(TorchRunner(reference, input_shape=[1, 3, 32, 32]), [OrtRunner(tmp_path / "m.onnx")], x, Gate()).as_dict()
 
 
 @pytest.fixture(scope="module")

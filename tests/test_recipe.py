@@ -3,7 +3,7 @@
 import pytest
 
 from otcompress.errors import OTCError
-from otcompress.recipe import load_recipe
+from otcompress.plan import load_plan as load_recipe  # the full check: tables, then stages
 
 from .conftest import QUICKSTART, run_cli, write_recipe
 
@@ -22,7 +22,7 @@ sparsity = 0.5
 
 def test_quickstart_parses_and_resolves_paths_against_recipe_folder():
     r = load_recipe(QUICKSTART)
-    assert r.model["checkpoint"] == str((QUICKSTART.parent / "data" / "digits_cnn.safetensors").resolve())
+    assert r.recipe.model["checkpoint"] == str((QUICKSTART.parent / "data" / "digits_cnn.safetensors").resolve())
     assert [s["kind"] for s in r.stages] == ["fold_bn", "intrafusion", "repair", "export_onnx", "validate"]
     assert r.stages[1]["importance"] == "l1" and r.stages[1]["fusion"] == "merge"  # defaults filled in
 
@@ -54,7 +54,7 @@ def test_set_overrides_any_key(tmp_path):
     p = write_recipe(tmp_path, BASE)
     r = load_recipe(p, ["stages.1.sparsity=0.25", "stages.1.importance=l2", "model.args={width = 8}"])
     assert r.stages[1]["sparsity"] == 0.25 and r.stages[1]["importance"] == "l2"
-    assert r.model["args"] == {"width": 8}
+    assert r.recipe.model["args"] == {"width": 8}
     with pytest.raises(OTCError, match="stages.7"):
         load_recipe(p, ["stages.7.sparsity=0.3"])
     with pytest.raises(OTCError, match="stages\\[1\\].sparsity"):

@@ -1,14 +1,18 @@
-"""The runner end to end on the quickstart: report, artifacts, reload, refusal to overwrite, --force."""
+"""The commands end to end on the quickstart: run (report, artifacts, reload, refusal to overwrite, --force, no
+validate stage, one input draw for the table and validate), load (raw uint8 images), validate (shape mismatch)."""
 
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from otcompress import load
 from otcompress.artifacts import sha256_file
+from otcompress.models import build_model
 
-from .conftest import run_cli
+from .conftest import run_cli, write_recipe
+from .test_dtp import DIGITS
 
 
 def test_quickstart_run_report_artifacts_and_reload(quickstart_copy, tmp_path):
@@ -74,3 +78,61 @@ def test_cli_version_help_inspect_doctor(quickstart_copy):
     assert res.exit_code == 0 and "conv4" in res.output and "64" in res.output
     res = run_cli("doctor")
     assert "onnxruntime" in res.output and "CPUExecutionProvider" in res.output and "tensorrt" in res.output
+
+
+@pytest.fixture
+def artifact(quickstart_copy, tmp_path):
+    out = tmp_path / "art"
+    assert run_cli("run", quickstart_copy, "--out", out, "--quiet").exit_code == 0
+    return out
+
+
+def test_validate_with_an_output_shape_mismatch_fails_cleanly_and_writes_its_reports(artifact, tmp_path):
+    """Was: KeyError 'atol' traceback and no JSON/JUnit."""
+    from otcompress.exporters.onnx import export_onnx
+
+    export_onnx(build_model("digits_cnn", {"num_classes": 5}), torch.zeros(1, 1, 8, 8), tmp_path / "five.onnx")
+    (artifact / "model.onnx").write_bytes((tmp_path / "five.onnx").read_bytes())
+    res = run_cli("validate", artifact, "--json", tmp_path / "v.json", "--junit", tmp_path / "v.xml")
+    assert res.exit_code == 1 and "Traceback" not in res.output and "differs from the reference's" in res.output
+    data = json.loads((tmp_path / "v.json").read_text())
+    assert not data["passed"] and "shape [64, 5]" in data["checks"][0]["reason"]
+    assert 'failures="1"' in (tmp_path / "v.xml").read_text()
+
+
+def test_load_runs_on_raw_uint8_images_as_data_accepts_them(artifact):
+    """Was: `otcompress load ... --input digits-test.npz` (uint8 NHWC) crashed."""
+    res = run_cli("load", artifact / "compressed.safetensors", "--input", DIGITS / "digits-test.npz", "--limit", "100")
+    assert res.exit_code == 0, res.output
+    acc = float(res.output.split("accuracy ")[1].split()[0])
+    assert acc > 0.8  # normalised as in the run, so the compressed model is right on most digits
+
+
+def test_a_run_without_validate_does_not_say_passed(quickstart_copy, tmp_path):
+    text = quickstart_copy.read_text().split('[[stages]]\nkind = "validate"')[0]
+    quickstart_copy.write_text(text)
+    res = run_cli("run", quickstart_copy, "--out", tmp_path / "o")
+    assert res.exit_code == 0 and "validation: NOT RUN" in res.output and "PASSED" not in res.output
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["validation"]["passed"] is None
+
+
+def test_the_stage_table_and_validate_see_the_same_seeded_inputs(tmp_path):
+    """Was: both said "seed 0" but drew different random inputs (agreement 0.7969 vs 0.8281)."""
+    p = write_recipe(tmp_path, """
+name = "s"
+[model]
+arch = "digits_cnn"
+input_shape = [1, 1, 8, 8]
+[[stages]]
+kind = "prune"
+sparsity = 0.5
+[[stages]]
+kind = "export_onnx"
+[[stages]]
+kind = "validate"
+min_top1_agreement = 0.0
+""")
+    assert run_cli("run", p, "--out", tmp_path / "o", "--quiet").exit_code == 0
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["stages"][1]["top1_agreement"] == rep["validation"]["fidelity"]["top1_agreement"]
+    assert rep["validation"]["fidelity"]["samples"] == 64

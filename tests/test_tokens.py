@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from otcompress.exporters.onnx import export_onnx
-from otcompress.exporters.onnx import OrtRunner
+from otcompress.exporters.onnxruntime import OrtRunner
 from otcompress.tokens import merge as M
 from otcompress.tokens.patch import apply_token_reduction
 from otcompress.models import build_model
@@ -260,3 +260,13 @@ def test_flop_count_includes_fused_attention():
     block = 2 * N * C * 3 * C + 2 * 2 * N * N * C + 2 * N * C * C + 2 * 2 * N * C * 4 * C
     want = 2 * P * C * 3 * 4 * 4 + 2 * block + 2 * C * 5
     assert count_flops(m, (1, 3, 16, 16)) == want
+
+
+def test_tokens_with_an_empty_block_list_reduces_no_block():
+    from otcompress.tokens.patch import apply_token_reduction
+
+    model = build_model("vit", dict(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3, num_classes=5))
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x).detach()
+    plan = apply_token_reduction(model, {"method": "tome", "keep": 0.75, "blocks": []})
+    assert plan["removed_per_block"] == [0, 0, 0] and torch.allclose(model(x).detach(), ref, atol=1e-6)

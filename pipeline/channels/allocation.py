@@ -68,8 +68,21 @@ def kept_count(n: int, ratio: float, round_to: int = 1, chunks: int = 1, forced:
     return int(min(n, max(1, keep)))
 
 
+def group_count(g: Group, ratio: float, round_to: int = 1) -> int:
+    """Channels group g keeps at this sparsity: `kept_count` with the group's chunks and frozen channels, where
+    every chunk keeps as many as its most constrained chunk must (a chunk holding only frozen channels keeps
+    them all, so every chunk does)."""
+    forced = g.forced
+    if forced is not None and g.n_chunks > 1:
+        per_n = g.n // g.n_chunks
+        per_forced = max(int(forced[m].sum()) for m in g.chunk_members())
+        return min(per_n, max(per_forced, kept_count(per_n, ratio, round_to))) * g.n_chunks
+    return kept_count(g.n, ratio, round_to, g.n_chunks, int(forced.sum()) if forced is not None else 0)
+
+
 # ---- FLOPs targets ------------------------------------------------------------------------------
 ALLOCATIONS = Registry("allocation criterion")
+DEFAULT_ALLOCATION = "uniform"
 
 
 def _closest(ratio_of, lo: float, hi: float, target: float, steps: int = 40) -> float:

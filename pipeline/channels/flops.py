@@ -39,17 +39,16 @@ class FlopsModel:
         G = len(groups)
         a_in = torch.zeros(len(names), G + 1, dtype=torch.float64)
         a_out = torch.zeros(len(names), G + 1, dtype=torch.float64)
-        mods = dict(model.named_modules())
         for gi, g in enumerate(groups):
             for s in g.slices:
-                if s.name not in row or not isinstance(s.module, (CONV, nn.Linear)):
+                if s.name not in row or s.constraint or not isinstance(s.module, (CONV, nn.Linear)):
                     continue
                 r = row[s.name]
-                width = s.module.weight.shape[0]
+                m = s.module
+                width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
                 if is_depthwise(s.module) or s.role == "out":
                     a_out[r, gi] = (s.index >= 0).sum().item() / width
                 elif s.role in ("in", "gin"):
-                    m = mods[s.name]
                     in_width = m.in_features if isinstance(m, nn.Linear) else m.in_channels
                     a_in[r, gi] += (s.index >= 0).sum().item() / in_width
         a_in[:, G] = 1 - a_in[:, :G].sum(1)  # inputs no group shrinks

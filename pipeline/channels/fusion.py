@@ -19,6 +19,8 @@ from .groups import Group, Slice
 from .importance import channel_values, write_values
 
 FUSIONS = Registry("fusion variant")
+# the defaults of Intra-Fusion's options, defined once (the intrafusion stage's keys and the Python API read them)
+OT_DEFAULTS = {"fusion": "merge", "solver": "emd", "reg": 0.01, "targets": "top", "marginals": "uniform"}
 
 
 def group_features(g: Group) -> torch.Tensor:
@@ -99,8 +101,9 @@ def cost_kind(n: int, m: int, d: int) -> str:
     return "l1" if n * m * d <= L1_BUDGET else "l2"
 
 
-def transport_plan(features: torch.Tensor, importance: torch.Tensor, m: int, *, solver="emd", reg=0.01,
-                   targets="top", marginals="uniform") -> tuple[torch.Tensor, torch.Tensor]:
+def transport_plan(features: torch.Tensor, importance: torch.Tensor, m: int, *, solver=OT_DEFAULTS["solver"],
+                   reg=OT_DEFAULTS["reg"], targets=OT_DEFAULTS["targets"],
+                   marginals=OT_DEFAULTS["marginals"]) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (P, slots): P is n x m, slots the m channel indices whose positions receive the targets."""
     n = features.shape[0]
     f = torch.nn.functional.normalize(features.double(), dim=1)
@@ -139,7 +142,6 @@ class Transport:
     P: torch.Tensor
     targets: torch.Tensor | None = None
     norms: torch.Tensor | None = None
-    rows: torch.Tensor | None = None  # (n, d) the producers' rows and biases, for variants that need them
 
 
 @FUSIONS.register("exact")
@@ -173,9 +175,9 @@ def merge_maps(t: Transport) -> tuple[torch.Tensor, torch.Tensor]:
     return t_out, (P / P.sum(1).clamp_min(1e-300)[:, None] * ratio).T
 
 
-def fusion_maps(P: torch.Tensor, fusion: str = "exact", targets=None, norms=None, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+def fusion_maps(P: torch.Tensor, fusion: str = OT_DEFAULTS["fusion"], targets=None, norms=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(T_out, T_in), each m x n: producers/norms use T_out, consumers T_in."""
-    return FUSIONS[fusion](Transport(P, targets, norms, rows))
+    return FUSIONS[fusion](Transport(P, targets, norms))
 
 
 def producer_rows(g: Group) -> torch.Tensor:
@@ -197,6 +199,8 @@ def write_group(g: Group, t_out: torch.Tensor, t_in: torch.Tensor, slots: torch.
     """Every layer of the group: producers and per-channel layers get T_out combinations of the n channels
     in their slot positions, consumers T_in combinations (m x n each)."""
     for s in g.slices:
+        if s.constraint:
+            continue
         T = t_in if s.role in ("in", "gin") else t_out
         for name in s.tensors:
             t = getattr(s.module, name, None)

@@ -14,7 +14,6 @@ RESIZE registry."""
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,8 +22,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..registry import Registry
-from .trace import Use, trace_channels
+from ..registry import TypeRegistry
+from .graph import Use
+from .ops import trace_channels
+from .unionfind import UnionFind
 
 CONV = nn.modules.conv._ConvNd
 NORM = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -37,11 +38,18 @@ class Slice:
 
     name: str
     module: nn.Module
-    role: str  # "out" producer rows, "in"/"gin" consumer columns, "channel" per-channel entries, "param"
+    role: str  # "out" producer rows, "in"/"gin" consumer columns, "channel" per-channel entries, "param", and the
+    # constraints "split" (equal chunks, no tensors) and "attr" (a module attribute counting the channels)
     index: torch.Tensor  # (n, r) long
     tensors: tuple[str, ...] = ("weight",)
     dim: int = 0
     groups: int = 1
+    width: int = 0  # positions of the use's axis (all groups' channels): what an "attr" counts
+
+    @property
+    def constraint(self) -> bool:
+        """A rule on the counts ("split", "attr"), not values: no weights to score, fuse or write."""
+        return self.role in ("split", "attr")
 
 
 @dataclass
@@ -88,9 +96,10 @@ def stage_of(name: str) -> int | None:
 
 
 # ---- layer attributes that follow the tensors ---------------------------------------------------
-RESIZE = Registry("layer resize rule")  # type name -> fn(module, role, new_size); isinstance order below
+RESIZE = TypeRegistry("layer resize rule")  # layer class -> fn(module, role, new_size); most specific class wins
 
 
+@RESIZE.register(CONV)
 def _conv(m, role, n):
     if role == "channel":  # depthwise
         m.in_channels = m.out_channels = m.groups = n
@@ -100,6 +109,7 @@ def _conv(m, role, n):
         m.in_channels = n
 
 
+@RESIZE.register(nn.Linear)
 def _linear(m, role, n):
     if role == "out":
         m.out_features = n
@@ -107,54 +117,39 @@ def _linear(m, role, n):
         m.in_features = n
 
 
+@RESIZE.register((nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
 def _bn(m, role, n):
     m.num_features = n
 
 
+@RESIZE.register(nn.LayerNorm)
 def _ln(m, role, n):
     m.normalized_shape = (*tuple(m.normalized_shape)[:-1], n)
 
 
+@RESIZE.register(nn.GroupNorm)
 def _gn(m, role, n):
     m.num_channels = n
 
 
+@RESIZE.register(nn.PReLU)
 def _prelu(m, role, n):
     m.num_parameters = n
 
 
-RESIZE.register("conv", (CONV, _conv))
-RESIZE.register("linear", (nn.Linear, _linear))
-RESIZE.register("batchnorm", ((nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm), _bn))
-RESIZE.register("layernorm", (nn.LayerNorm, _ln))
-RESIZE.register("groupnorm", (nn.GroupNorm, _gn))
-RESIZE.register("prelu", (nn.PReLU, _prelu))
-
-
 def resize(m: nn.Module, role: str, n: int) -> None:
-    for _, (types, fn) in RESIZE.items():
-        if isinstance(m, types):
-            fn(m, role, n)
-            return
+    """Set the size attributes of layer m after its `role` tensors shrank to n channels."""
+    fn = RESIZE.lookup(m)
+    if fn is not None:
+        fn(m, role, n)
 
 
-class _Groups:
-    """Union-find over channel classes (a group is the classes that coupled producers create)."""
-
-    def __init__(self):
-        self.p: dict[int, int] = {}
-
-    def find(self, a):
-        self.p.setdefault(a, a)
-        while self.p[a] != a:
-            self.p[a] = self.p[self.p[a]]
-            a = self.p[a]
-        return a
-
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.p[max(ra, rb)] = min(ra, rb)
+def protected(model: nn.Module) -> dict[str, str]:
+    """Producer layers whose outputs mean something fixed (a detection head's boxes, classes, anchors,
+    distribution bins or mask coefficients), as {layer name pattern: reason}: a model family's adapter says so
+    by a `protected_channels()` method."""
+    fn = getattr(model, "protected_channels", None)
+    return dict(fn()) if callable(fn) else {}
 
 
 class GroupGraph:
@@ -166,25 +161,37 @@ class GroupGraph:
         self.scope = scope or getattr(model, "otcompress_prune_scope", "all")
         self.mods = dict(model.named_modules())
         trace = trace_channels(model, example)
+        self.trace = trace
         uf = trace.uf
         uses = self._param_uses(trace)
+        fixed = protected(model)
         for u in uses:
-            if u.role == "out" and any(fnmatch.fnmatch(u.module, p) for p in exclude):
-                uf.freeze(u.vars, f"excluded by the stage's exclude patterns ({u.module})")
-        self.folds, self.unfoldable = trace.folds, trace.unfoldable
-        frozen = uf.frozen_roots()
+            if u.role == "out":
+                if any(fnmatch.fnmatch(u.module, p) for p in exclude):
+                    uf.freeze(u.vars, f"excluded by the stage's exclude patterns ({u.module})")
+                why = next((r for p, r in fixed.items() if fnmatch.fnmatch(u.module, p)), None)
+                if why:  # the family's reason says more than "model output": it replaces the trace's
+                    for i in u.vars[u.vars >= 0]:
+                        uf.frozen[int(i)] = f"{u.module}: {why}"
 
         def classes(vars_):
             return np.array([uf.find(int(i)) if i >= 0 else -1 for i in vars_], dtype=np.int64)
 
         for u in uses:
             u.classes = classes(u.vars)
-        gu = _Groups()
+        gu = UnionFind()
         producers = [u for u in uses if u.role == "out"]
         for u in producers:
             cs = u.classes[u.classes >= 0]
             for c in cs[1:]:
                 gu.union(int(cs[0]), int(c))
+        for u in uses:  # equal chunks of one group's channels only: across groups nothing keeps their counts equal
+            if u.role == "split":
+                spans = {gu.find(int(c)) for c in u.classes if c >= 0}
+                if len(spans) > 1:
+                    uf.freeze(u.vars, f"{u.module or 'the model'} splits the channels of {len(spans)} groups into "
+                                      f"{u.groups} equal parts (channel shuffle?)")
+        frozen = uf.frozen_roots()
         members: dict[int, list[Use]] = defaultdict(list)
         for u in producers:
             if (u.classes >= 0).any():
@@ -246,13 +253,14 @@ class GroupGraph:
             counts = {len(c) for c in cols}
             if counts == {0}:
                 continue
-            if len(counts) != 1:  # a layer that sees only some of the group's channels (a slice of them)
+            if len(counts) != 1 and u.role not in ("split", "attr"):  # a layer sees only some (a slice of them)
                 fusable, note = False, f"{u.module} reads only some of the group's channels"
+            if len(counts) != 1:
                 r = max(counts)
                 cols = [np.concatenate([c, -np.ones(r - len(c), dtype=np.int64)]) for c in cols]
             index = torch.as_tensor(np.stack(cols), dtype=torch.long)
-            slices.append(Slice(u.module, m, u.role, index, u.tensors, u.dim, u.groups))
-            if u.groups > 1 and u.role in ("gin", "out", "channel"):
+            slices.append(Slice(u.module, m, u.role, index, u.tensors, u.dim, u.groups, len(u.vars)))
+            if u.groups > 1 and u.role in ("gin", "out", "channel", "split"):
                 size = len(u.vars) // u.groups
                 for c in range(n):
                     chunk_keys[c].append(int(index[c, 0]) // size if index[c, 0] >= 0 else -1)
@@ -305,6 +313,19 @@ class GroupGraph:
 
     def _remove(self, s: Slice, gone: set) -> None:
         m = s.module
+        if s.role == "split":  # a constraint: nothing to cut
+            return
+        if s.role == "attr":  # the attribute counts the channels it saw: the kept ones now
+            name = s.tensors[0]
+            value = getattr(m, name)
+            n = s.width - len(gone)
+            if s.dim < 0:
+                setattr(m, name, n)
+            else:
+                new = list(value)
+                new[s.dim] = n
+                setattr(m, name, type(value)(new))
+            return
         if s.role == "gin":
             w = m.weight
             per = w.shape[1]
@@ -341,11 +362,3 @@ class GroupGraph:
 
     def describe_frozen(self) -> list[dict]:
         return [{"group": f.root, "channels": f.n, "reason": f.reason, "layers": f.layers} for f in self.frozen]
-
-
-def lcm(*xs: int) -> int:
-    out = 1
-    for x in xs:
-        out = out * x // math.gcd(out, x)
-    return out
-

@@ -11,6 +11,7 @@ from ..registry import Registry
 from .groups import Group, Slice
 
 IMPORTANCE = Registry("importance criterion")
+DEFAULT_IMPORTANCE = "l1"
 
 
 def _grouped(s: Slice, t: torch.Tensor, pos: torch.Tensor):
@@ -26,6 +27,7 @@ def channel_values(s: Slice, t: torch.Tensor) -> torch.Tensor:
     n = s.index.shape[0]
     pos = s.index.flatten()
     if s.role == "in":
+        t = t.movedim(s.dim % t.dim(), 1)  # consumer columns: dim 1 (dim 0 of a transposed conv's weight)
         cols = t[:, pos]  # (out, n*r, ...)
         return cols.reshape(t.shape[0], n, -1, *t.shape[2:]).transpose(0, 1).reshape(n, -1)
     if s.role == "gin":
@@ -38,6 +40,7 @@ def write_values(s: Slice, t: torch.Tensor, pos: torch.Tensor, values: torch.Ten
     """The inverse of channel_values for the positions `pos` (k*r of them, in channel order): values (k, d)."""
     with torch.no_grad():
         if s.role == "in":
+            t = t.movedim(s.dim % t.dim(), 1)  # a view: writes land in the tensor
             k = len(pos) // s.index.shape[1]
             shaped = values.reshape(k, t.shape[0], s.index.shape[1], *t.shape[2:]).transpose(0, 1)
             t[:, pos] = shaped.reshape(t.shape[0], len(pos), *t.shape[2:]).to(t.dtype)
@@ -63,8 +66,8 @@ class Importance:
         raise NotImplementedError
 
     def __call__(self, g: Group) -> torch.Tensor:
-        scores = [sc for s in g.slices if getattr(s.module, "weight", None) is not None and bool((s.index >= 0).all())
-                  for sc in [self.layer_scores(s)] if sc is not None]
+        scores = [sc for s in g.slices if not s.constraint and getattr(s.module, "weight", None) is not None
+                  and bool((s.index >= 0).all()) for sc in [self.layer_scores(s)] if sc is not None]
         if not scores:
             raise OTCError(f"group {g.root}: importance = {self.name!r} found nothing to score" + self.why_empty)
         normed = [s.double() / s.double().mean().clamp_min(1e-12) for s in scores]

@@ -24,9 +24,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from ..progress import bar as progress_bar
+from .affine import fold_affine
+from .fold_bn import fold_batchnorm, folded_layers
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# the defaults of the repair's options, defined once (the repair stage's keys read them)
+DEFAULTS = {"samples": 512, "statistics": True, "reconstruct": "auto", "positions": 16, "seed": 0}
 
 
 def _channel_dim(m: nn.Module, y: torch.Tensor) -> int:
@@ -93,15 +98,23 @@ def _mapped(maps: dict, name: str, ref: torch.Tensor, width: int) -> torch.Tenso
     return ref if ref.shape[-1] == width else None
 
 
-def repair(model: nn.Module, original: nn.Module, x: torch.Tensor, maps: dict[str, torch.Tensor], *, stats: bool = True,
-           reconstruct: str = "auto", positions: int = 16, skip: tuple[str, ...] = (), progress: bool = True) -> dict:
-    """Repair `model` in place from calibration images x (one batch); returns what was done per layer."""
+def repair(model: nn.Module, original: nn.Module, x: torch.Tensor, maps: dict[str, torch.Tensor], *,
+           stats: bool = DEFAULTS["statistics"], reconstruct: str = DEFAULTS["reconstruct"],
+           positions: int = DEFAULTS["positions"], skip: tuple[str, ...] = (), progress: bool = True) -> dict:
+    """Repair `model` in place from calibration images x (one batch).
+
+    Args:
+        original: the uncompressed network at the same points (see `reference`).
+        maps: per shrunk layer, how its new outputs combine the original's (Context.channel_maps).
+        stats: match per-channel output statistics. reconstruct: "auto" (least squares where it lowers held-out
+        error), "always" or "never". positions: output positions per image sampled for the refit.
+        skip: layer names left alone.
+
+    Returns: what was done per layer, the BatchNorms re-estimated and the samples used."""
     model.eval()
     sampler = Sampler(positions)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYERS) and n not in skip}
-    from .trace import trace_channels
-
-    before_bn = {f.layer for f in trace_channels(model, x[:1]).folds}  # their BatchNorm re-estimates instead
+    before_bn = folded_layers(model, x[:1])  # their BatchNorm re-estimates instead
     ref_mods = dict(original.named_modules())
     ref: dict[str, dict] = {}
 
@@ -153,7 +166,7 @@ def repair(model: nn.Module, original: nn.Module, x: torch.Tensor, maps: dict[st
             mean_c, std_c = _stats(mod, out)
             scale = (std_t[0] / std_c.clamp_min(1e-8)).clamp(0.1, 10.0)
             shift = mean_t[0] - mean_c * scale
-            _fold_affine(mod, scale, shift)
+            fold_affine(mod, scale, shift)
             done[name] = "statistics"
             d = _channel_dim(mod, out)
             shape = [1] * out.dim()
@@ -177,17 +190,6 @@ def repair(model: nn.Module, original: nn.Module, x: torch.Tensor, maps: dict[st
             bn.eval()
         bar.close()
     return {"layers": done, "batchnorm_reestimated": len(bns), "samples": len(x)}
-
-
-def _fold_affine(mod: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    """y -> y*scale + shift, per output channel, into the layer's weight and bias."""
-    with torch.no_grad():
-        w = mod.weight
-        w.mul_(scale.view((-1,) + (1,) * (w.dim() - 1)).to(w))
-        if mod.bias is None:
-            mod.bias = nn.Parameter(shift.to(w))
-        else:
-            mod.bias.mul_(scale.to(w)).add_(shift.to(w))
 
 
 def _least_squares(mod: nn.Module, x: torch.Tensor, pick: torch.Tensor, target: torch.Tensor, mode: str) -> bool:
@@ -219,7 +221,5 @@ def reference(original: nn.Module, folded: bool, example: torch.Tensor) -> nn.Mo
     """The original network at the same points as the compressed one (folded where fold_bn ran)."""
     ref = copy.deepcopy(original)
     if folded:
-        from .fold_bn import fold_batchnorm
-
         fold_batchnorm(ref, example)
     return ref.eval()

@@ -15,10 +15,10 @@ import torch.nn as nn
 from ..progress import bar as progress_bar
 
 from ..registry import Registry
-from .allocation import ALLOCATIONS, kept_count, ratios_for
-from .fusion import cost_kind, fusion_maps, group_features, producer_rows, transport_plan, write_group
+from .allocation import ALLOCATIONS, DEFAULT_ALLOCATION, group_count, ratios_for
+from .fusion import OT_DEFAULTS, cost_kind, fusion_maps, group_features, producer_rows, transport_plan, write_group
 from .groups import Group, GroupGraph
-from .importance import Importance, criterion
+from .importance import DEFAULT_IMPORTANCE, Importance, criterion
 
 STRATEGIES = Registry("keep strategy")
 
@@ -33,8 +33,7 @@ class Keep:
     measured: dict[str, torch.Tensor] = {}  # group root -> scores measured on another copy of the model
 
     def count(self, g: Group, ratio: float, round_to: int) -> int:
-        forced = int(g.forced.sum()) if g.forced is not None else 0
-        return kept_count(g.n, ratio, round_to, g.n_chunks, forced)
+        return group_count(g, ratio, round_to)
 
     def scores(self, g: Group) -> torch.Tensor:
         m = self.measured.get(g.root)
@@ -52,7 +51,7 @@ class Keep:
 class TopK(Keep):
     name = "prune"
 
-    def __init__(self, importance: str | Importance = "l1"):
+    def __init__(self, importance: str | Importance = DEFAULT_IMPORTANCE):
         self.importance = criterion(importance) if isinstance(importance, str) else importance
 
     def plan(self, g, m):
@@ -66,9 +65,15 @@ class TopK(Keep):
 class OTFusion(TopK):
     name = "intrafusion"
 
-    def __init__(self, importance="l1", fusion="merge", solver="emd", reg=0.01, targets="top", marginals="uniform"):
+    def __init__(self, importance=DEFAULT_IMPORTANCE, **ot):
+        """`ot`: fusion, solver, reg, targets, marginals (defaults: fusion.OT_DEFAULTS)."""
         super().__init__(importance)
-        self.fusion, self.ot = fusion, dict(solver=solver, reg=reg, targets=targets, marginals=marginals)
+        unknown = set(ot) - set(OT_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown Intra-Fusion options {sorted(unknown)}; known: {sorted(OT_DEFAULTS)}")
+        opts = {**OT_DEFAULTS, **ot}
+        self.fusion = opts.pop("fusion")
+        self.ot = opts
         self.notes: dict[str, str] = {}
 
     def plan(self, g, m):
@@ -116,12 +121,24 @@ def slots_for(g: Group, targets: torch.Tensor) -> torch.Tensor:
 
 
 def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *, sparsity=0.0, round_to=1, exclude=(),
-                    scope=None, data=None, flops: float | None = None, allocation: str = "uniform",
-                    unfolded: nn.Module | None = None, progress=True, **options) -> list[dict]:
-    """Shrink every channel group of `model` in place; returns one record per group (before, after, layers)
-    and, as `.left_whole`, the groups left whole with the reason. `keep` is a strategy, or its registered
-    name with `options` for its constructor. With `flops` (fraction of conv/linear FLOPs to keep) the
-    `allocation` criterion decides each group's count instead of `sparsity`."""
+                    scope=None, data=None, flops: float | None = None, allocation: str = DEFAULT_ALLOCATION,
+                    unfolded: nn.Module | None = None, progress=True, **options) -> "Shrunk":
+    """Shrink every channel group of `model` in place.
+
+    Args:
+        example: an input batch of the model's shape (the analysis traces at it).
+        keep: a Keep strategy, or its registered name ("prune", "intrafusion") with `options` for it.
+        sparsity: fraction of channels removed per group (a number, a per-stage list or a pattern table).
+        flops: instead of sparsity, the fraction of conv/linear FLOPs to keep; `allocation` shares it.
+        round_to: kept counts are multiples of it where the group allows.
+        exclude: producer-layer patterns left whole. scope: "all" or "internal" (the model's default).
+        data: (x, y) for criteria that read data. unfolded: the model before fold_bn, scored instead.
+
+    Returns: Shrunk, one record per group (before, after, layers), with `.left_whole`, `.chosen`, `.maps`.
+
+    Raises:
+        OTCError: a sparsity form the model's groups do not fit, a criterion that finds nothing to score.
+    """
     if isinstance(keep, str):
         keep = STRATEGIES[keep](**options)
     graph = GroupGraph(model, example, exclude=exclude, scope=scope)
@@ -144,7 +161,7 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
         slots = slots_for(g, targets)
         if P is not None:
             rows = producer_rows(g)
-            t_out, t_in = fusion_maps(P, getattr(keep, "fusion", "merge"), targets, rows.norm(dim=1), rows)
+            t_out, t_in = fusion_maps(P, getattr(keep, "fusion", OT_DEFAULTS["fusion"]), targets, rows.norm(dim=1))
             write_group(g, t_out, t_in, slots)
         else:
             t_out = torch.zeros(len(targets), g.n, dtype=torch.float64)

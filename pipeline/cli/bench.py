@@ -41,7 +41,8 @@ def _torch_fn(model, x, device):
 
 
 def bench_artifacts(artifact_dir: Path, batches: list[int], runs: int, warmup: int) -> dict:
-    from otcompress.exporters.onnx import OrtRunner, export_onnx, ort_providers
+    from otcompress.exporters.onnx import export_onnx
+    from otcompress.exporters.onnxruntime import OrtRunner, ort_providers
 
     from ..models import build_model, original_model
     from ..serialize import load_compressed
@@ -52,7 +53,7 @@ def bench_artifacts(artifact_dir: Path, batches: list[int], runs: int, warmup: i
     compressed, meta = load_compressed(comp_path)
     original = original_model(meta)
     if original is None:  # timing needs the architecture, not the trained weights
-        original = build_model(meta["arch"], meta.get("args"), meta.get("facts"), logits=meta.get("logits_adapter", False))
+        original = build_model(meta["arch"], meta.get("args"), meta.get("facts"), meta.get("input_shape"))
     shape = meta["input_shape"]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
@@ -99,12 +100,10 @@ def bench_artifacts(artifact_dir: Path, batches: list[int], runs: int, warmup: i
 
 
 def plot_bench(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..artifacts import atomic_write_bytes
+    from .plots import png, pyplot
+
+    plt = pyplot("otcompress bench")
 
     keys = sorted({(r["backend"], r["batch"]) for r in res["rows"]})
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(keys)), 4))
@@ -119,9 +118,6 @@ def plot_bench(res: dict, path: Path) -> None:
     ax.set_title(f"latency, FLOP reduction {res['flop_reduction']:.2f}x")
     ax.legend()
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    data = png(fig)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, data)

@@ -28,10 +28,14 @@ def report() -> str:
         import onnxruntime as ort
 
         lines.append(f"  providers    {', '.join(ort.get_available_providers())}")
-    for name in ("onnx", "onnxscript", "ot", "torch_pruning", "safetensors"):
+    for name in ("onnx", "onnxscript", "ot", "safetensors"):
         ok, v = _probe(name)
         lines.append(f"{name:<14} {v if ok else 'not usable: ' + v}")
-    for name in ("tensorrt", "timm", "torchvision", "transformers"):
+    for name in ("tensorrt", "timm", "torchvision", "transformers", "torchmetrics", "pycocotools", "matplotlib",
+                 "torch_pruning", "nncf"):
         ok, v = _probe(name)
         lines.append(f"{name:<14} {v if ok else 'not installed/usable (' + v + ')'}")
+    from ..models.ultralytics import available as yolo
+
+    lines.append(f"{'ultralytics':<14} {yolo()}")
     return "\n".join(lines)

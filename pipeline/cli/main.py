@@ -13,13 +13,12 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
-from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, OTCError
+from ..version import __version__
+from ..errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, OTCError
 from ..validation import ERROR_STATS
 from ..where import StageFailed
 
-EXIT_INTERRUPTED = 130
-EXIT_CODES = f"""Exit codes: 0 success; 1 a validation check failed (artifacts kept); {EXIT_BAD_INPUT} bad usage or
+EXIT_CODES = f"""Exit codes: 0 success; {EXIT_CHECK_FAILED} a validation check failed (artifacts kept); {EXIT_BAD_INPUT} bad usage or
 input (a recipe key, file, layer or value, named in the message); {EXIT_INTERNAL} an internal error (the message names
 the stage and layer, and the file with the full traceback); {EXIT_INTERRUPTED} interrupted (Ctrl-C: the previous
 result is intact; `run --resume` continues a training stage)."""
@@ -55,6 +54,10 @@ def friendly(fn):
             sys.exit(EXIT_INTERNAL)
         except click.exceptions.Exit:
             raise
+        except InternalError as e:  # a bug of ours found where it happened (it names the op, layer or file)
+            log = _write_traceback(e, None)
+            click.echo(f"internal error: {e} — full traceback in {log}", err=True)
+            sys.exit(EXIT_INTERNAL)
         except Exception as e:  # a bug of ours: one line and the traceback's location
             log = _write_traceback(e, None)
             click.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''} — full "
@@ -80,14 +83,13 @@ def main():
 @friendly
 def run(recipe, out, force, resume, overrides, quiet):
     """Run RECIPE's stages and write compressed.safetensors, model.onnx, report.json and report.md."""
-    from ..compress import run_recipe
-    from ..recipe import load_recipe
+    from ..run import run_plan
+    from ..plan import load_plan
 
-    r = load_recipe(recipe, overrides)
-    report = run_recipe(r, out, force=force, resume=resume, progress=not quiet)
+    report = run_plan(load_plan(recipe, overrides), out, force=force, resume=resume, progress=not quiet)
     if report["validation"].get("passed") is False:
         click.echo(f"error: validation failed; artifacts kept in {report['out']} for inspection", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_CHECK_FAILED)
 
 
 @main.command()
@@ -109,22 +111,39 @@ def load(path, input_data, limit):
     click.echo(f"  params {count_params(model):,}  FLOPs {count_flops(model, meta['input_shape']):,}  "
                f"changed modules {len(meta['modules'])}" + (f"  tokens {meta['tokens']['method']}" if meta.get("tokens") else ""))
     if input_data:
+        from ..outputs import flatten
+
         probe = probe_inputs(input_data, meta.get("mean"), meta.get("std"), limit, 0, meta["input_shape"])
         with torch.no_grad():
-            y = model(torch.from_numpy(probe.x))
-        click.echo(f"  logits {tuple(y.shape)} argmax {y.argmax(-1).tolist()}"
-                   + (f"  accuracy {(y.argmax(-1).numpy() == probe.y).mean():.4f}" if probe.y is not None else ""))
+            outs = flatten(model(torch.from_numpy(probe.x)))
+        for name, y in outs.items():
+            line = f"  {name} {tuple(y.shape)}"
+            if y.dim() == 2:
+                line += f" argmax {y.argmax(-1).tolist()}"
+                if probe.y is not None and len(outs) == 1:
+                    line += f"  accuracy {(y.argmax(-1).numpy() == probe.y).mean():.4f}"
+            click.echo(line)
+        decode = getattr(model, "decode_detections", None)
+        if callable(decode):
+            with torch.no_grad():
+                dets = decode(outs)
+            click.echo("  detections per image " + str([len(d["boxes"]) for d in dets]))
 
 
 @main.command()
-@click.argument("target", type=click.Path(exists=False, path_type=Path))
+@click.argument("target")
 @click.option("--scope", type=click.Choice(["all", "internal"]), help="Which channel groups to list.")
+@click.option("--input-shape", help="For a model source: its input shape, e.g. 1,3,224,224.")
+@click.option("--args", "model_args", help="For a model source: factory arguments as a TOML table, e.g. '{num_classes = 10}'.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="For a model source: its weights.")
 @friendly
-def inspect(target, scope):
-    """List what the stages would touch in a RECIPE or a compressed MODEL: channel groups and transformer blocks."""
+def inspect(target, scope, input_shape, model_args, checkpoint):
+    """List what the stages would touch in a RECIPE, a compressed MODEL (.safetensors) or a model source
+    (torchvision:resnet18 --input-shape 1,3,224,224): channel groups, groups left whole and why, transformer
+    blocks, the task its outputs mean."""
     from .describe import describe
 
-    click.echo(describe(target, scope))
+    click.echo(describe(target, scope, input_shape=input_shape, args=model_args, checkpoint=checkpoint))
 
 
 @main.command()
@@ -155,10 +174,10 @@ def validate(target, **opts):
     res = validate_target(target, **opts)
     click.echo(summary(res))
     if json_out:
-        atomic_write_json(json_out, res)
+        atomic_write_json(json_out, res.as_dict())
     if junit:
         atomic_write_text(junit, junit_xml(res))
-    sys.exit(0 if res["passed"] else 1)
+    sys.exit(0 if res.passed else EXIT_CHECK_FAILED)
 
 
 @main.command()
@@ -194,11 +213,11 @@ def bench(artifact_dir, batch, runs, warmup):
 def sweep(recipe, flops, sparsities, out, force, max_accuracy_drop, runs, overrides):
     """Run RECIPE's channel stage at several FLOPs targets (or sparsities): table, plot, smallest model within
     the accuracy budget (exit 1 if none is)."""
-    from ..recipe import load_recipe
+    from ..plan import load_plan
     from .sweep import parse_points, sweep as run_sweep, table
 
     points = parse_points(flops, sparsities)
-    r = load_recipe(recipe, list(overrides))
+    r = load_plan(recipe, list(overrides))
     if max_accuracy_drop is None:
         max_accuracy_drop = next((s.get("max_accuracy_drop") for s in r.stages if s["kind"] == "validate"), None)
     out = out or Path("artifacts") / f"{r.name}-sweep"
@@ -208,7 +227,7 @@ def sweep(recipe, flops, sparsities, out, force, max_accuracy_drop, runs, overri
     click.echo(f"wrote {out}/sweep.json, sweep.md, sweep.png and one folder per point")
     if res["smallest_within_budget"] is None:
         click.echo("error: no point is within the accuracy budget", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_CHECK_FAILED)
     click.echo(f"smallest within the accuracy budget: {res['smallest_within_budget']} ({out / res['smallest_within_budget']})")
 
 

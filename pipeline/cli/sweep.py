@@ -12,8 +12,7 @@ import numpy as np
 
 from ..artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..errors import OTCError
-
-CHANNEL_STAGES = ("prune", "intrafusion", "dtp")
+from .plots import png, pyplot
 
 
 @dataclass
@@ -43,12 +42,15 @@ class SetTarget:
 
 
 def _channel_stage(recipe_path: Path, overrides: list[str]) -> int:
-    from ..recipe import load_recipe
+    """The first stage that shrinks channels (provides `shrunk`): the one a sweep varies."""
+    from ..plan import load_plan
+    from ..stages import STAGES
 
-    for i, st in enumerate(load_recipe(recipe_path, overrides).stages):
-        if st["kind"] in CHANNEL_STAGES:
-            return i
-    raise OTCError(f"{recipe_path}: sweep needs a channel stage ({', '.join(CHANNEL_STAGES)}) to vary")
+    i = load_plan(recipe_path, overrides).stage_index("shrunk")
+    if i is None:
+        kinds = [k for k, st in STAGES.items() if "shrunk" in st.provides({k2: f.default for k2, f in st.fields.items()})]
+        raise OTCError(f"{recipe_path}: sweep needs a channel stage ({', '.join(kinds)}) to vary")
+    return i
 
 
 def _latency(report: dict, folder: Path, runs: int) -> float:
@@ -56,7 +58,8 @@ def _latency(report: dict, folder: Path, runs: int) -> float:
     has no export stage)."""
     import torch
 
-    from otcompress.exporters.onnx import OrtRunner, export_onnx
+    from otcompress.exporters.onnx import export_onnx
+    from otcompress.exporters.onnxruntime import OrtRunner
 
     from ..serialize import load_compressed
     from .bench import time_fn
@@ -75,23 +78,25 @@ def _latency(report: dict, folder: Path, runs: int) -> float:
 
 def sweep(recipe_path: Path, points: list[Point], out: Path, *, force: bool, max_drop: float | None, runs: int,
           progress: bool, overrides: list[str] = ()) -> dict:
-    from ..compress import run_recipe
-    from ..recipe import load_recipe
+    from ..run import run_plan
+    from ..plan import load_plan
 
     index = _channel_stage(recipe_path, list(overrides))
     if out.exists() and not force:
         raise OTCError(f"{out}: output folder exists; pass --force to replace its points")
     rows = []
     for p in points:
-        recipe = load_recipe(recipe_path, list(overrides), edit=p.edit(index))
+        plan = load_plan(recipe_path, list(overrides), edit=p.edit(index))
         if progress:
             print(f"== {p.key} = {p.value}", flush=True)
-        rep = run_recipe(recipe, out / p.label, force=True, progress=False)
+        rep = run_plan(plan, out / p.label, force=True, progress=False)
         last = [s for s in rep["stages"] if s["kind"] not in ("export_onnx", "export_tensorrt", "validate")][-1]
         first = rep["stages"][0]
+        (agree, agree_name), _, (score, score_name) = rep["columns"]  # the task's: top-1 agreement / accuracy, ...
         rows.append({"point": p.label, p.key: p.value, "flops": last["flops"] / first["flops"],
-                     "params": last["params"] / first["params"], "accuracy": last.get("accuracy"),
-                     "accuracy_original": first.get("accuracy"), "top1_agreement": last["top1_agreement"],
+                     "params": last["params"] / first["params"], "accuracy": last.get(score),
+                     "accuracy_original": first.get(score), "top1_agreement": last.get(agree),
+                     "metrics": [agree_name, score_name],
                      "latency_ms": _latency(rep, out / p.label, runs), "validation": rep["validation"].get("passed"),
                      "folder": str(out / p.label)})
         if progress:
@@ -116,7 +121,8 @@ def _line(r: dict) -> str:
 
 
 def table(result: dict) -> str:
-    lines = ["| point | FLOPs kept | params kept | top-1 | agreement with original | ORT latency (ms, batch 1) |",
+    agree, score = result["points"][0]["metrics"] if result["points"] else ("agreement", "score")
+    lines = [f"| point | FLOPs kept | params kept | {score} | {agree} with original | ORT latency (ms, batch 1) |",
              "|---|---|---|---|---|---|"]
     for r in result["points"]:
         acc = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else "—"
@@ -127,12 +133,7 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("otcompress sweep")
 
     pts = sorted(result["points"], key=lambda r: r["flops"])
     y = [100 * (r["accuracy"] if r["accuracy"] is not None else r["top1_agreement"]) for r in pts]
@@ -147,13 +148,13 @@ def plot(result: dict) -> bytes:
                        label="accuracy budget")
         ax.legend(fontsize=8)
     ax.set_xlabel("FLOPs kept")
-    ax.set_ylabel("top-1 (%)" if pts and pts[0]["accuracy"] is not None else "top-1 agreement (%)")
+    agree, score = pts[0]["metrics"] if pts else ("agreement", "score")
+    ax.set_ylabel(f"{score} (%)" if pts and pts[0]["accuracy"] is not None else f"{agree} (%)")
     ax.set_title(Path(result["recipe"]).name + ": " + result["varied"])
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    data = png(fig)
     plt.close(fig)
-    return buf.getvalue()
+    return data
 
 
 def parse_points(flops: str | None, sparsities: str | None) -> list[Point]:

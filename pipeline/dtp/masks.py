@@ -110,7 +110,3 @@ class TransportMasks(nn.Module):
     def hardness(self) -> float:
         m = self.current[self.valid]
         return float((m - m.round()).abs().mean())
-
-    def hard(self, g: int, k: int) -> torch.Tensor:
-        """Group g's kept channels: top-k of its soft mask."""
-        return torch.argsort(self.current[g, : self.sizes[g]], descending=True)[:k].sort().values

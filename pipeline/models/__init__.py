@@ -1,150 +1,111 @@
 """Where models come from. `arch` in a recipe is a built-in name (`cifar_resnet56`), `SOURCE:NAME` for a
-registered source (`torchvision:resnet50`, `timm:vit_small_patch16_224`, `hf:path/to/dir`) or a Python
-factory `package.module:function`. Every stage, export and check sees one nn.Module that maps an image
-batch to one logits tensor; sources whose models return more (Hugging Face) adapt them here."""
+registered source (`torchvision:resnet50`, `timm:vit_small_patch16_224`, `hf:path/to/dir`,
+`ultralytics:yolov8n.yaml`) or a Python factory `package.module:function`. Every stage, export and check
+sees one nn.Module that maps an image batch to a tree of tensors with static shapes (otcompress.outputs);
+sources adapt what their models return where needed (Hugging Face classifiers to their logits, detectors to
+their dense raw head outputs, decoded outside the graph)."""
 
 from __future__ import annotations
-
-import importlib
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import OTCError
-from ..registry import Registry
-from .checkpoint import load_weights, read_state_dict
-from .zoo import ZOO
+from ..outputs import describe, flatten
+from .source import SEED, SOURCES, BuiltIn, PythonFactory, Source, _split
+from . import sources as _sources  # noqa: F401  (torchvision, timm, Hugging Face register themselves)
+from . import ultralytics as _ultralytics  # noqa: F401  (registers `ultralytics:`; imports ultralytics only when used)
+
+__all__ = ["SEED", "SOURCES", "Source", "build_model", "check_outputs", "load", "model_facts", "original_model", "source_of"]
 
 
-class Source:
-    """One family of model names. `build` makes the model a recipe names (with the weights the source
-    itself carries, if any); `facts` returns what `rebuild` needs later to make the same architecture
-    again without the original files (stored in compressed.safetensors)."""
-
-    def build(self, name: str, args: dict) -> nn.Module:
-        raise NotImplementedError
-
-    def facts(self, name: str, args: dict, model: nn.Module) -> dict | None:
-        return None
-
-    def rebuild(self, name: str, args: dict, facts: dict | None) -> nn.Module:
-        return self.build(name, args)
-
-
-SOURCES = Registry("model source")
-SEED = 0  # models built without a checkpoint are seeded, so `validate` can rebuild the original
-
-
-def _split(arch: str) -> tuple[Source | None, str]:
-    prefix, sep, rest = arch.partition(":")
-    if sep and prefix in SOURCES:
-        return SOURCES[prefix], rest
-    return None, arch
-
-
-def _call(arch: str, fn, args: dict) -> nn.Module:
-    try:
-        model = fn(**(args or {}))
-    except OTCError:
-        raise
-    except TypeError as e:
-        raise OTCError(f"model.args for {arch!r}: {e}") from None
-    except Exception as e:  # a factory rejecting its arguments raises anything (ValueError, KeyError, AssertionError)
-        raise OTCError(f"model.arch = {arch!r} with args {args or {}}: the factory failed: {type(e).__name__}: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise OTCError(f"model.arch = {arch!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
-    return model
-
-
-class PythonFactory(Source):
-    """`package.module:function` (the module must be importable: installed, or on PYTHONPATH)."""
-
-    def build(self, name, args):
-        mod_name, _, attr = name.partition(":")
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise OTCError(f"model.arch = {name!r}: cannot import module {mod_name!r}: {e}") from None
-        fn = getattr(mod, attr, None)
-        if not callable(fn):
-            raise OTCError(f"model.arch = {name!r}: module {mod_name!r} has no callable {attr!r}")
-        return _call(name, fn, args)
-
-
-class BuiltIn(Source):
-    def build(self, name, args):
-        if name not in ZOO:
-            raise OTCError(f"model.arch = {name!r}: unknown model{ZOO.hint(name)}; built-in: {', '.join(ZOO)}, or "
-                           f"{', '.join(f'{s}:NAME' for s in SOURCES)}, or 'package.module:factory'")
-        return _call(name, ZOO[name], args)
-
-
-def build_model(arch: str, args: dict | None = None, facts: dict | None = None, logits: bool = False) -> nn.Module:
-    """The architecture `arch` names, in eval mode. With `facts` (from compressed.safetensors) the source
-    rebuilds it without its original files; `logits` adapts a model that returns {"logits": ...}."""
-    from .adapt import logits_only
-
-    args = dict(args or {})
+def source_of(arch: str) -> tuple[Source, str]:
+    """The source a recipe's arch names and the name it gives it."""
     source, name = _split(arch)
     if source is None:
         source = PythonFactory() if ":" in arch else BuiltIn()
+    return source, name
+
+
+def _example(input_shape) -> torch.Tensor | None:
+    return torch.zeros((1, *input_shape[1:])) if input_shape else None
+
+
+def build_model(arch: str, args: dict | None = None, facts: dict | None = None,
+                input_shape: list[int] | None = None) -> nn.Module:
+    """The architecture `arch` names, adapted as the pipeline runs it, in eval mode. With `facts` (from
+    compressed.safetensors) the source rebuilds it without its original files.
+
+    Raises:
+        OTCError: an unknown name, arguments the factory rejects, a library that does not import.
+    """
+    args = dict(args or {})
+    source, name = source_of(arch)
     model = source.rebuild(name, args, facts) if facts is not None else source.build(name, args)
-    return (logits_only(model) if logits else model).eval()
+    return source.adapt(model.eval(), _example(input_shape)).eval()
 
 
 def model_facts(arch: str, args: dict, model: nn.Module) -> dict | None:
-    source, name = _split(arch)
-    return source.facts(name, args, model) if source is not None else None
+    source, name = source_of(arch)
+    return source.facts(name, args, model)
 
 
-def check_logits(model: nn.Module, example: torch.Tensor, arch: str) -> nn.Module:
-    """A model must map an image batch to one logits tensor. Outputs with a `logits` field (dicts, Hugging
-    Face ModelOutput) are adapted; anything else is refused with what was returned."""
-    from .adapt import logits_only
+def check_outputs(model: nn.Module, example: torch.Tensor, arch: str) -> nn.Module:
+    """A model must map an image batch to tensors whose first dimension is the batch and whose shapes do not
+    depend on the images' content (a second batch of two other images checks it).
 
-    try:
-        with torch.no_grad():
-            out = model(example)
-    except OTCError:
-        raise
-    except Exception as e:
-        raise OTCError(f"model {arch!r} does not run on an input of shape {list(example.shape)} "
-                       f"(model.input_shape): {type(e).__name__}: {str(e)[:300]}") from None
-    if isinstance(out, torch.Tensor):
-        if out.dim() != 2 or out.shape[0] != example.shape[0]:
-            raise OTCError(f"model {arch!r} returns a tensor of shape {list(out.shape)}; expected logits of shape "
-                           f"[batch, classes]")
+    Raises:
+        OTCError: naming the model, the output and what was wrong.
+    """
+    def run(x):
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except OTCError:
+            raise
+        except Exception as e:
+            if x is not example:  # the model's own bug at batch 2: measuring the model reports it, as a bug
+                return None
+            raise OTCError(f"model {arch!r} does not run on an input of shape {list(x.shape)} "
+                           f"(model.input_shape): {type(e).__name__}: {str(e)[:300]}") from None
+        try:
+            flat = flatten(out)
+        except TypeError as e:
+            raise OTCError(f"model {arch!r} returns {describe(out)} holding {e}; otcompress needs tensors (a tensor, or "
+                           "a tuple, list or dict of them): wrap the model in a module whose forward returns those") from None
+        if not flat:
+            raise OTCError(f"model {arch!r} returns {describe(out)} without any tensor")
+        return flat
+
+    first = run(example)
+    second = run(torch.randn((2, *example.shape[1:]), generator=torch.Generator().manual_seed(0)))
+    if second is None:
         return model
-    if _logits_of(out) is not None:
-        return check_logits(logits_only(model), example, arch)
-    raise OTCError(f"model {arch!r} returns {_describe(out)}; otcompress needs one logits tensor [batch, classes]: "
-                   "wrap the model in a module whose forward returns the logits")
-
-
-def _logits_of(out: Any):
-    if isinstance(out, dict) or hasattr(out, "keys"):
-        v = out.get("logits") if hasattr(out, "get") else None
-        return v if isinstance(v, torch.Tensor) else None
-    return None
-
-
-def _describe(out: Any) -> str:
-    if isinstance(out, (tuple, list)):
-        return f"a {type(out).__name__} of {len(out)} values"
-    if isinstance(out, dict):
-        return f"a dict with keys {sorted(out)[:6]}"
-    return f"a {type(out).__name__}"
+    for k, v in second.items():
+        if v.dim() == 0 or v.shape[0] != 2:
+            raise OTCError(f"model {arch!r}: output {k!r} has shape {list(v.shape)} for a batch of 2; every output "
+                           "needs the batch as its first dimension (per-image lists such as post-NMS detections "
+                           "cannot be exported with static shapes)")
+    changed = [k for k in first if k not in second or tuple(first[k].shape[1:]) != tuple(second[k].shape[1:])]
+    changed += [k for k in second if k not in first]
+    if changed:
+        k = changed[0]
+        shapes = [list(d[k].shape) if k in d else "absent" for d in (first, second)]
+        raise OTCError(f"model {arch!r}: output {k!r} changes shape with the images' content ({shapes[0]} vs "
+                       f"{shapes[1]}); outputs such as post-NMS detections cannot be exported with static shapes")
+    return model
 
 
 def load(model_cfg: dict) -> nn.Module:
-    """The recipe's [model]: built, checkpoint loaded (strict key check), adapted to logits, in eval mode."""
+    """The recipe's [model]: built, checkpoint loaded (strict key check), adapted, outputs checked, eval mode."""
     torch.manual_seed(SEED)  # a model without checkpoint is still the same model on every run and every rank
-    model = build_model(model_cfg["arch"], model_cfg.get("args"))
+    source, name = source_of(model_cfg["arch"])
+    model = source.build(name, dict(model_cfg.get("args") or {}))
     if model_cfg.get("checkpoint"):
-        load_weights(model, read_state_dict(model_cfg["checkpoint"]), model_cfg["checkpoint"])
+        model = source.load(model, model_cfg["checkpoint"], bool(model_cfg.get("trusted")))
     example = torch.zeros((1, *model_cfg["input_shape"][1:]))
-    return check_logits(model, example, model_cfg["arch"]).eval()
+    model = source.adapt(model.eval(), example)
+    return check_outputs(model.eval(), example, model_cfg["arch"]).eval()
 
 
 def original_model(meta: dict, checkpoint: str | None = None) -> nn.Module | None:
@@ -157,18 +118,16 @@ def original_model(meta: dict, checkpoint: str | None = None) -> nn.Module | Non
     if checkpoint and not Path(checkpoint).is_file():
         raise OTCError(f"{checkpoint}: file not found")
     ckpt = checkpoint or orig.get("checkpoint")
+    source, name = source_of(meta["arch"])
+    shape = meta.get("input_shape")
+    args = dict(meta.get("args") or {})
     if ckpt:
         if not Path(ckpt).is_file():
             return None
-        model = build_model(meta["arch"], meta.get("args"), meta.get("facts"), logits=meta.get("logits_adapter", False))
-        load_weights(model, read_state_dict(ckpt), str(ckpt))
-        return model.eval()
-    source, name = _split(meta["arch"])
-    if source is not None and hasattr(source, "available") and not source.available(name):
+        model = source.rebuild(name, args, meta["facts"]) if meta.get("facts") is not None else source.build(name, args)
+        model = source.load(model.eval(), str(ckpt), bool(orig.get("trusted")))
+        return source.adapt(model.eval(), _example(shape)).eval()
+    if hasattr(source, "available") and not source.available(name):
         return None
     torch.manual_seed(orig.get("seed", 0))
-    return build_model(meta["arch"], meta.get("args"), logits=meta.get("logits_adapter", False))
-
-
-# the sources; each lives in its own module and imports its library only when used
-from . import sources as _sources  # noqa: E402,F401
+    return build_model(meta["arch"], args, input_shape=shape)

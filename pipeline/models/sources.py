@@ -7,11 +7,12 @@ import json
 import os
 from pathlib import Path
 
-import torch.nn as nn
 
 from ..errors import OTCError
-from . import SOURCES, Source, _call
-from .adapt import logits_only, unwrapped_class
+from ..registry import suggest
+from .source import SOURCES, Source, _call
+from ..surgery import original_class
+from .adapt import logits_only
 
 
 def _library(name: str, extra: str):
@@ -23,21 +24,34 @@ def _library(name: str, extra: str):
 
 
 class TorchVision(Source):
-    """`torchvision:NAME`: torchvision.models.get_model(NAME, weights=None, **args); weights come from the
-    recipe's checkpoint (a torchvision state_dict .pth), never from the network."""
+    """`torchvision:NAME`: torchvision.models.get_model(NAME, weights=None, **args) (and weights_backbone=None for
+    detection and segmentation models); weights come from the recipe's checkpoint (a torchvision state_dict
+    .pth), never from the network. Detectors run as their dense core (models/detection.py)."""
+
+    def _kind(self, name) -> str:
+        tvm = _library("torchvision", "timm").models
+        for kind in ("detection", "segmentation"):
+            if name in tvm.list_models(module=getattr(tvm, kind)):
+                return kind
+        return "classification"
 
     def build(self, name, args):
         tvm = _library("torchvision", "timm").models
         if name not in tvm.list_models():
-            import difflib
-
-            close = difflib.get_close_matches(name, tvm.list_models(), n=1)
             raise OTCError(f"model.arch = 'torchvision:{name}': torchvision has no model {name!r}"
-                           + (f" — did you mean '{close[0]}'?" if close else ""))
-        if "weights" in args or "pretrained" in args:
+                           + suggest(name, tvm.list_models()))
+        if any(k in args for k in ("weights", "pretrained", "weights_backbone", "pretrained_backbone")):
             raise OTCError(f"model.args for 'torchvision:{name}': weights are never downloaded; give a state_dict "
-                           "file as model.checkpoint instead of 'weights'/'pretrained'")
-        return _call(f"torchvision:{name}", lambda **kw: tvm.get_model(name, weights=None, **kw), args)
+                           "file as model.checkpoint instead of 'weights'/'weights_backbone'")
+        extra = {} if self._kind(name) == "classification" else {"weights_backbone": None}
+        return _call(f"torchvision:{name}", lambda **kw: tvm.get_model(name, weights=None, **extra, **kw), args)
+
+    def adapt(self, model, example):
+        if type(model).__module__.startswith("torchvision.models.detection"):
+            from .detection import adapt
+
+            return adapt(model, example, f"torchvision:{type(model).__name__}")
+        return model
 
 
 SOURCES.register("torchvision", TorchVision())
@@ -49,11 +63,7 @@ class Timm(Source):
     def build(self, name, args):
         timm = _library("timm", "timm")
         if not timm.is_model(name):
-            import difflib
-
-            close = difflib.get_close_matches(name, timm.list_models(), n=1)
-            raise OTCError(f"model.arch = 'timm:{name}': timm has no model {name!r}"
-                           + (f" — did you mean '{close[0]}'?" if close else ""))
+            raise OTCError(f"model.arch = 'timm:{name}': timm has no model {name!r}" + suggest(name, timm.list_models()))
         if args.get("pretrained"):
             raise OTCError(f"model.args for 'timm:{name}': pretrained weights are never downloaded; give a state_dict "
                            "file as model.checkpoint")
@@ -110,7 +120,7 @@ class HuggingFace(Source):
         return logits_only(model)
 
     def facts(self, name, args, model):
-        return {"class": unwrapped_class(model).__name__, "config": json.loads(model.config.to_json_string())}
+        return {"class": original_class(model).__name__, "config": json.loads(model.config.to_json_string())}
 
     def rebuild(self, name, args, facts):
         _offline()
@@ -122,7 +132,3 @@ class HuggingFace(Source):
 
 
 SOURCES.register("hf", HuggingFace())
-
-
-def hf_module(model: nn.Module) -> bool:
-    return type(model).__module__.startswith("transformers.")

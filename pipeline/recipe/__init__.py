@@ -1,5 +1,6 @@
-"""Recipes: TOML files checked against the stage schemas (and the stage contracts) before anything runs."""
+"""Recipes: TOML files (or the Python API's tables), their top-level, [model] and [data] tables checked;
+the stage list is checked by otcompress.plan."""
 
-from .loader import Recipe, load_recipe
+from .loader import Recipe, load_recipe, recipe_from_table
 
-__all__ = ["Recipe", "load_recipe"]
+__all__ = ["Recipe", "load_recipe", "recipe_from_table"]

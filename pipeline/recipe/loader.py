@@ -1,14 +1,15 @@
-"""Recipes: TOML files (standard-library parser) checked against the stage schemas before anything runs."""
+"""Recipes: TOML files (standard-library parser), overrides and plugins, with the top-level, [model] and [data]
+tables checked and paths resolved. The stage list is checked by otcompress.plan (stage schemas and
+contracts), which is what `run` reads."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import re
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ MODEL_SPEC = {
                                               "'package.module:factory'"),
     "args": Field((dict,), default={}, help="a table of keyword arguments for the factory"),
     "checkpoint": Field((str,), help="a path to a .safetensors/.pt/.pth/.th file"),
+    "trusted": Field((bool,), default=False, help="true only for a checkpoint you trust to run code: a whole-model "
+                                                  "pickle (an ultralytics .pt) is loaded only then"),
     "input_shape": Field((list,), required=True, check=_shape_check, help="a list such as [1, 3, 32, 32]"),
 }
 DATA_SPEC = {
@@ -66,13 +69,14 @@ DATA_KEYS = ("eval", "train", "calib")
 
 @dataclass
 class Recipe:
+    """A parsed recipe: `stages` are its raw [[stages]] tables (otcompress.plan checks them)."""
+
     path: Path
     name: str
     model: dict
     data: dict | None
-    stages: list[dict]
+    stages: list
     sha256: str
-    model_needs: list[tuple[int, str]] = field(default_factory=list)  # facts about the built model, checked once it is
 
 
 def data_facts(data: dict | None) -> set[str]:
@@ -143,11 +147,17 @@ def _resolve_arch(base: Path, arch: str) -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), edit=None) -> Recipe:
-    """Read and check a recipe. `overrides` are --set KEY=VALUE strings; `edit(raw)` changes the parsed table
-    before it is checked (the sweep sets a stage's target that way), recorded in the hash by its repr."""
-    from ..stages import STAGES  # stage schemas live next to the stages
-    from ..stages.base import FACTS
+    """Read a recipe and check everything but its stages.
 
+    Args:
+        path: the TOML file.
+        overrides: --set KEY.PATH=VALUE strings, applied before the checks.
+        edit: `edit(raw)` changes the parsed table before it is checked (the sweep sets a stage's target that
+            way); recorded in the recipe hash by its repr.
+
+    Raises:
+        OTCError: one line naming the file, the key path, the value and what is allowed.
+    """
     path = Path(path)
     where = str(path)
     if not path.is_file():
@@ -162,9 +172,15 @@ def load_recipe(path: str | Path, overrides: list[str] = (), edit=None) -> Recip
         apply_override(raw, keys, value, o)
     if edit is not None:
         edit(raw)
+    sha = hashlib.sha256(text + "\n".join([*overrides, repr(edit or "")]).encode()).hexdigest()
+    return recipe_from_table(raw, where, path.resolve(), sha)
 
+
+def recipe_from_table(raw: dict, where: str, path: Path, sha256: str) -> Recipe:
+    """A recipe from its parsed table (a TOML file's, or the Python API's): the same checks, paths resolved
+    relative to `path`'s folder. `where` names the source in error messages."""
     top = check_table(raw, TOP_SPEC, where, "")
-    base = path.resolve().parent
+    base = path.parent
     import_plugins(top["plugins"], base, where)
     model = check_table(top["model"], MODEL_SPEC, where, "model")
     data = check_table(top["data"], DATA_SPEC, where, "data") if top["data"] is not None else None
@@ -181,42 +197,6 @@ def load_recipe(path: str | Path, overrides: list[str] = (), edit=None) -> Recip
             fail(where, "data", "give both mean and std, or neither")
         if data["mean"] is not None and len(data["mean"]) != len(data["std"]):
             fail(where, "data.std", f"has {len(data['std'])} entries but data.mean has {len(data['mean'])}")
-
     if not top["stages"]:
         fail(where, "stages", "expected at least one [[stages]] table")
-    stages, facts, model_needs = [], {f: None for f in data_facts(data)}, []
-    for i, st in enumerate(top["stages"]):
-        spath = f"stages[{i}]"
-        if not isinstance(st, dict):
-            fail(where, spath, f"expected a table, got {st!r}")
-        kind = st.get("kind")
-        if kind is None:
-            fail(where, f"{spath}.kind", f"missing; expected one of {', '.join(sorted(STAGES))}")
-        if kind not in STAGES:
-            hint = difflib.get_close_matches(str(kind), list(STAGES), n=1)
-            extra = f" — did you mean '{hint[0]}'?" if hint else ""
-            fail(where, f"{spath}.kind", f"unknown stage kind {kind!r}{extra} (known: {', '.join(sorted(STAGES))})")
-        stage = STAGES[kind]
-        params = check_table({k: v for k, v in st.items() if k != "kind"}, stage.fields, where, spath)
-        for need, why in sorted(stage.needs(params).items()):
-            alts = need.split("|")
-            if any(a in facts for a in alts):
-                continue
-            if all(a.startswith("model.") for a in alts):
-                model_needs.append((i, need))
-                continue
-            fail(where, spath, f"{kind} needs {' or '.join(FACTS[a] for a in alts)}" + (f": {why}" if why else ""))
-        for c in sorted(stage.conflicts(params)):
-            if c in facts:
-                fail(where, spath, f"{kind} cannot come after {FACTS[c]}")
-        exported = [f for f in ("onnx", "tensorrt") if f in facts]
-        if stage.changes_model and exported:
-            fail(where, spath, f"{kind} changes the model after it was exported ({', '.join(exported)}): "
-                               "put the export stages after every stage that changes the model")
-        for msg in stage.check(params, model, data, facts):
-            fail(where, spath, msg)
-        facts.update({f: params for f in stage.provides(params)})
-        stages.append({"kind": kind, **params})
-    sha = hashlib.sha256(text + "\n".join([*overrides, repr(edit or "")]).encode()).hexdigest()
-    return Recipe(path=path.resolve(), name=top["name"], model=model, data=data, stages=stages, sha256=sha,
-                  model_needs=model_needs)
+    return Recipe(path=path, name=top["name"], model=model, data=data, stages=list(top["stages"]), sha256=sha256)

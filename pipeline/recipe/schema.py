@@ -3,11 +3,11 @@ the bad value and what is allowed, and near-miss keys get a "did you mean" hint.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import OTCError
+from ..registry import suggest
 
 
 @dataclass
@@ -18,7 +18,6 @@ class Field:
     choices: tuple | None = None  # or a Registry: its names at check time (plugins add entries)
     lo: float | None = None  # inclusive lower bound
     hi: float | None = None  # inclusive upper bound
-    hi_open: bool = False  # upper bound exclusive
     check: Callable[[Any], str | None] | None = None  # extra rule; returns a message or None
     help: str = ""
 
@@ -29,8 +28,7 @@ class Field:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         names = "/".join(t.__name__ for t in self.types)
         if self.lo is not None or self.hi is not None:
-            rb = ")" if self.hi_open else "]"
-            return f"a {names} in [{self.lo}, {self.hi}{rb}"
+            return f"a {names} in [{self.lo}, {self.hi}]"
         return f"a {names}"
 
 
@@ -54,10 +52,8 @@ def check_table(table: Any, spec: dict[str, Field], where: str, path: str) -> di
     for key, value in table.items():
         kpath = f"{path}.{key}" if path else key
         if key not in spec:
-            hint = difflib.get_close_matches(key, list(spec), n=1, cutoff=0.6)
             allowed = ", ".join(sorted(spec)) or "(none)"
-            extra = f" — did you mean '{hint[0]}'?" if hint else ""
-            fail(where, kpath, f"unknown key{extra} (allowed keys: {allowed})")
+            fail(where, kpath, f"unknown key{suggest(key, spec)} (allowed keys: {allowed})")
         out[key] = check_value(value, spec[key], where, kpath)
     for key, f in spec.items():
         if key not in out:
@@ -72,13 +68,11 @@ def check_value(value: Any, f: Field, where: str, path: str) -> Any:
     if not _type_ok(value, f.types):
         fail(where, path, f"got {type(value).__name__} {value!r}; expected {f.describe()}")
     if f.choices is not None and value not in f.choices:
-        hint = difflib.get_close_matches(str(value), [str(c) for c in f.choices], n=1)
-        extra = f" — did you mean '{hint[0]}'?" if hint else ""
-        fail(where, path, f"got {value!r}; expected {f.describe()}{extra}")
+        fail(where, path, f"got {value!r}; expected {f.describe()}{suggest(value, f.choices)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if f.lo is not None and value < f.lo:
             fail(where, path, f"got {value!r}; expected {f.describe()}")
-        if f.hi is not None and (value > f.hi or (f.hi_open and value >= f.hi)):
+        if f.hi is not None and value > f.hi:
             fail(where, path, f"got {value!r}; expected {f.describe()}")
     if f.check is not None:
         msg = f.check(value)

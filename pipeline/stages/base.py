@@ -2,9 +2,9 @@
 facts it needs from the recipe and the stages before it, the facts it provides), value checks made before
 anything runs, and apply(ctx, params) -> details for the report.
 
-Facts: `data.train`, `data.eval`, `data.calib` (the recipe's [data]); `model.vit` (the built model has a
-token adapter; checked once it is built, still before any stage runs); `folded`, `shrunk`, `tokens`,
-`onnx`, `tensorrt` (provided by stages)."""
+Facts: `data.train`, `data.eval`, `data.calib` (the recipe's [data]); `model.vit`, `model.channels`,
+`model.trainable` (facts about the built model, otcompress.plan checks them once it is built, still before any
+stage runs); `folded`, `shrunk`, `tokens`, `onnx`, `int8`, `tensorrt` (provided by stages)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ FACTS = {
     "data.calib": "calibration images: [data].calib (or [data].train; never the eval images)",
     "data.any": "[data].train or [data].eval",
     "model.vit": "a ViT the tokens stage has an adapter for",
+    "model.channels": "a model with channel groups that can shrink",
+    "model.trainable": "a model the training stages can train (a classifier)",
     "folded": "a fold_bn stage before it",
     "shrunk": "a channel stage (prune, intrafusion or dtp) before it",
     "tokens": "a tokens stage before it",
     "onnx": "an export_onnx stage before it",
+    "int8": "a quantize stage before it",
     "tensorrt": "an export_tensorrt stage before it",
 }
 

@@ -1,9 +1,9 @@
 """Stages `prune` and `intrafusion`: shrink CNN channel groups physically, with a keep strategy each
 (magnitude top-k, or optimal-transport fusion)."""
 
-from ..channels.allocation import ALLOCATIONS, check_flops, check_sparsity
-from ..channels.fusion import FUSIONS
-from ..channels.importance import IMPORTANCE
+from ..channels.allocation import ALLOCATIONS, DEFAULT_ALLOCATION, check_flops, check_sparsity
+from ..channels.fusion import FUSIONS, OT_DEFAULTS
+from ..channels.importance import DEFAULT_IMPORTANCE, IMPORTANCE
 from ..channels.shrink import STRATEGIES, shrink_channels
 from ..errors import OTCError
 from ..recipe.schema import Field
@@ -19,12 +19,12 @@ COMMON = {
     "sparsity": Field((float, list, dict), check=check_sparsity,
                       help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
     "flops": Field((float,), check=check_flops, help="the fraction of FLOPs to keep, in (0, 1] (instead of sparsity)"),
-    "allocation": Field((str,), default="uniform", choices=ALLOCATIONS,
+    "allocation": Field((str,), default=DEFAULT_ALLOCATION, choices=ALLOCATIONS,
                         help="how a flops target is shared among groups: 'uniform' (one sparsity) or 'global' "
                              "(one importance threshold)"),
     "round_to": Field((int,), default=1, lo=1, help="a positive integer (kept counts are multiples of it)"),
     "exclude": Field((list,), default=[], check=_patterns),
-    "importance": Field((str,), default="l1", choices=IMPORTANCE),
+    "importance": Field((str,), default=DEFAULT_IMPORTANCE, choices=IMPORTANCE),
     "scope": Field((str,), choices=("all", "internal"),
                    help="'all' or 'internal' (block-internal channels only; the default for option-A ResNets)"),
 }
@@ -47,7 +47,11 @@ class Prune(Stage):
 
     def needs(self, params):
         imp = params["importance"]
-        return {"data.any": f"importance = {imp!r} reads data"} if IMPORTANCE[imp].needs_data else {}
+        needs = {"model.channels": ""}
+        if IMPORTANCE[imp].needs_data:
+            needs.update({"data.any": f"importance = {imp!r} reads data", "model.trainable": f"importance = {imp!r} "
+                          "takes gradients of a classification loss"})
+        return needs
 
     def provides(self, params):
         return {"shrunk"}
@@ -79,11 +83,11 @@ class IntraFusion(Prune):
     strategy_keys = ("fusion", "solver", "reg", "targets", "marginals")
     fields = {
         **COMMON,
-        "solver": Field((str,), default="emd", choices=("emd", "sinkhorn")),
-        "reg": Field((float,), default=0.01, lo=1e-6, help="a positive number (Sinkhorn entropic regularisation)"),
-        "targets": Field((str,), default="top", choices=("top", "centroids", "medoids")),
-        "marginals": Field((str,), default="uniform", choices=("uniform", "importance", "nearest")),
-        "fusion": Field((str,), default="merge", choices=FUSIONS,
+        "solver": Field((str,), default=OT_DEFAULTS["solver"], choices=("emd", "sinkhorn")),
+        "reg": Field((float,), default=OT_DEFAULTS["reg"], lo=1e-6, help="a positive number (Sinkhorn entropic regularisation)"),
+        "targets": Field((str,), default=OT_DEFAULTS["targets"], choices=("top", "centroids", "medoids")),
+        "marginals": Field((str,), default=OT_DEFAULTS["marginals"], choices=("uniform", "importance", "nearest")),
+        "fusion": Field((str,), default=OT_DEFAULTS["fusion"], choices=FUSIONS,
                         help="'merge' (kept producers exact, consumers absorb the fused channels; the default: never "
                              "below prune on the benchmark), 'exact' (function-preserving averages) or 'reference'"),
     }

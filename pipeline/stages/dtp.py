@@ -3,22 +3,13 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from ..channels.allocation import check_sparsity
 from ..recipe.schema import Field
+from ..training.finetune import TRAIN_FIELDS, labelled
 from .base import Stage
 from .channels import COMMON
-
-
-def labelled(data: dict | None) -> list[str]:
-    """Training stages need labels: say so before any work, not after the first stages ran."""
-    from ..data import has_labels
-
-    if data and data.get("train") and not has_labels(data["train"]):
-        return [f"[data].train = {data['train']} has no labels (an .npz needs an array 'y')"]
-    return []
 
 
 class DTP(Stage):
@@ -31,25 +22,13 @@ class DTP(Stage):
         "flops": Field((float,), lo=0.01, hi=1.0, help="a fraction in (0, 1] of the original FLOPs to keep"),
         "mask_epochs": Field((int,), default=10, lo=0),
         "finetune_epochs": Field((int,), default=10, lo=0),
-        "lr": Field((float,), default=0.05, lo=0.0),
-        "momentum": Field((float,), default=0.9, lo=0.0, hi=1.0),
-        "weight_decay": Field((float,), default=5e-4, lo=0.0),
-        "batch_size": Field((int,), default=128, lo=1),
         "eps": Field((float,), default=1.0, lo=1e-6, help="a positive number (entropic temperature)"),
-        "sinkhorn_iters": Field((int,), default=1, lo=1, hi=100,
-                                help="an integer in [1, 100]; kept for the reference's recipes, no effect: the "
-                                     "step is the Sinkhorn fixed point in closed form (see dtp/masks.py)"),
         "budget_weight": Field((float,), default=10.0, lo=0.0),
-        "device": Field((str,), default="auto", choices=("auto", "cpu", "cuda")),
-        "seed": Field((int,), default=0),
-        "augment": Field((str,), default="crop_flip", choices=("crop_flip", "crop", "none")),
-        "compile": Field((bool,), default=False,
-                         help="true or false: torch.compile the training step (worth it on CUDA: the masks' "
-                              "small operators fuse into a few kernels)"),
+        **TRAIN_FIELDS,
     }
 
     def needs(self, params):
-        return {"data.train": "dtp trains"}
+        return {"data.train": "dtp trains", "model.trainable": "", "model.channels": ""}
 
     def provides(self, params):
         return {"shrunk"}
@@ -63,6 +42,6 @@ class DTP(Stage):
         return errs
 
     def apply(self, ctx, params):
-        from ..dtp.learn import run_dtp
+        from ..dtp.run import run_dtp
 
         return run_dtp(ctx, params)

@@ -1,20 +1,19 @@
-"""Stage `finetune`: train the current (pruned or fused) model on [data].train, e.g. to compare plain
-pruning or Intra-Fusion with DTP at the same training budget. Same loop, DDP and checkpoints as dtp."""
+"""Stage `finetune`: train the current (pruned, fused or token-reduced) model on [data].train, e.g. to compare
+plain pruning or Intra-Fusion with DTP at the same training budget. Same loop, DDP and checkpoints."""
 
 from ..recipe.schema import Field
+from ..training.finetune import TRAIN_FIELDS, labelled
 from .base import Stage
-from .dtp import DTP, labelled
-
-TRAIN_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "device", "seed", "augment", "compile")
 
 
 class Finetune(Stage):
     kind = "finetune"
     trains = True
-    fields = {"epochs": Field((int,), default=10, lo=1), **{k: DTP.fields[k] for k in TRAIN_KEYS}}
+    fields = {"epochs": Field((int,), default=10, lo=1), **TRAIN_FIELDS}
 
     def needs(self, params):
-        return {"data.train": "finetune trains", "shrunk|tokens": "it fine-tunes a compressed model"}
+        return {"data.train": "finetune trains", "shrunk|tokens": "it fine-tunes a compressed model",
+                "model.trainable": ""}
 
     def check(self, params, model, data, facts):
         return labelled(data)
@@ -22,8 +21,9 @@ class Finetune(Stage):
     def apply(self, ctx, params):
         import torch
 
-        from ..dtp.learn import Checkpoints, finetune, make_wrap, training_data
-        from ..dtp.train import dist_info, maybe_init_distributed, resolve_device
+        from ..training.checkpoints import Checkpoints
+        from ..training.distributed import dist_info, maybe_init_distributed, resolve_device
+        from ..training.finetune import finetune, make_wrap, training_data
 
         device = resolve_device(params["device"])
         distributed = maybe_init_distributed(device)

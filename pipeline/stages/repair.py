@@ -4,6 +4,7 @@ folded into the weights. No labels, no gradient steps (channels/repair.py)."""
 
 from __future__ import annotations
 
+from ..channels.repair import DEFAULTS
 from ..recipe.schema import Field
 from .base import Stage
 
@@ -11,12 +12,12 @@ from .base import Stage
 class Repair(Stage):
     kind = "repair"
     fields = {
-        "samples": Field((int,), default=512, lo=8, help="calibration images used (taken at random, seeded)"),
-        "statistics": Field((bool,), default=True, help="match per-channel output statistics to the original's"),
-        "reconstruct": Field((str,), default="auto", choices=("auto", "always", "never"),
+        "samples": Field((int,), default=DEFAULTS["samples"], lo=8, help="calibration images used (taken at random, seeded)"),
+        "statistics": Field((bool,), default=DEFAULTS["statistics"], help="match per-channel output statistics to the original's"),
+        "reconstruct": Field((str,), default=DEFAULTS["reconstruct"], choices=("auto", "always", "never"),
                              help="least-squares refit of layers: where it lowers held-out error, everywhere, never"),
-        "positions": Field((int,), default=16, lo=1, help="output positions per image sampled for the refit"),
-        "seed": Field((int,), default=0),
+        "positions": Field((int,), default=DEFAULTS["positions"], lo=1, help="output positions per image sampled for the refit"),
+        "seed": Field((int,), default=DEFAULTS["seed"]),
     }
 
     def needs(self, params):
@@ -26,15 +27,7 @@ class Repair(Stage):
     def apply(self, ctx, params):
         from ..channels.repair import reference, repair
 
-        from ..data import sample_dataset
-
-        d = ctx.recipe.data
-        ds = sample_dataset(d.get("calib") or d["train"], params["samples"], params["seed"])
-        x = ctx.normalise(ds)
-        if list(x.shape[1:]) != list(ctx.input_shape[1:]):
-            from ..errors import OTCError
-
-            raise OTCError(f"calibration images have shape {list(x.shape[1:])}; the model expects {list(ctx.input_shape[1:])}")
+        x = ctx.calibration(params["samples"], params["seed"])
         ref = reference(ctx.original, ctx.folded, ctx.example)
         return repair(ctx.model, ref, x, ctx.channel_maps, stats=params["statistics"], reconstruct=params["reconstruct"],
                       positions=params["positions"], progress=ctx.progress)

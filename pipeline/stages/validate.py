@@ -3,7 +3,7 @@ models), the compressed model against the original. The settings are recorded in
 so `otcompress validate DIR` judges by the same gate."""
 
 from ..recipe.schema import Field
-from ..validation import DEFAULT_TOL, ERROR_STATS, Gate, probe_inputs, summary, validate
+from ..validation import DEFAULT_TOL, ERROR_STATS, Gate, probe_inputs, summary, tolerances, validate
 from .base import Stage
 
 
@@ -31,6 +31,14 @@ class Validate(Stage):
         "min_decision_agreement": Field((float,), default=Gate.min_decision_agreement, lo=0.0, hi=1.0,
                                         help="a fraction in [0, 1]: samples on which an exported token-reduced model "
                                              "must take PyTorch's own merge decisions"),
+        "min_pixel_agreement": Field((float,), default=Gate.min_pixel_agreement, lo=0.0, hi=1.0,
+                                     help="segmenters: fraction of pixels whose class agrees with the original's"),
+        "min_miou_vs_original": Field((float,), default=Gate.min_miou_vs_original, lo=0.0, hi=1.0,
+                                      help="segmenters: mIoU against the original's masks"),
+        "max_miou_drop": Field((float,), lo=0.0, hi=1.0, help="segmenters with label masks: allowed mIoU drop"),
+        "min_map_vs_original": Field((float,), default=Gate.min_map_vs_original, lo=0.0, hi=1.0,
+                                     help="detectors: mAP50-95 against the original's detections as ground truth"),
+        "max_map_drop": Field((float,), lo=0.0, hi=1.0, help="detectors with labelled boxes: allowed mAP50-95 drop"),
         "backends": Field((list,), check=_backends, help="a list of backends to check (default: all exported)"),
     }
 
@@ -42,20 +50,20 @@ class Validate(Stage):
         samples = min(params["samples"], d.get("limit") or params["samples"])  # [data].limit caps evaluation
         probe = probe_inputs(d.get("eval"), d.get("mean"), d.get("std"), samples, params["seed"], ctx.input_shape)
         wanted = params["backends"] or list(BACKENDS)
-        runs = [(b, ctx.exports[b.artifact]) for name, b in BACKENDS.items() if name in wanted and b.artifact in ctx.exports]
-        fp16 = any(e.precision == "fp16" for _, e in runs)  # what was built, not what was asked for
-        tol = DEFAULT_TOL["fp16" if fp16 else "fp32"]
-        gate = Gate(atol=params["atol"] if params["atol"] is not None else tol[0],
-                    rtol=params["rtol"] if params["rtol"] is not None else tol[1],
-                    error_stat=params["error_stat"], min_top1_agreement=params["min_top1_agreement"],
-                    max_accuracy_drop=params["max_accuracy_drop"], min_decision_agreement=params["min_decision_agreement"])
+        runs = [(b, ctx.exports[b.artifact]) for name, b in BACKENDS.items()
+                if name in wanted and b.artifact in ctx.exports and not ctx.exports[b.artifact].gate]
+        precision = "fp16" if any(e.precision == "fp16" for _, e in runs) else "fp32"  # what was built, not asked for
+        atol, rtol = tolerances(precision)
+        settings = {k: v for k, v in params.items() if k in Gate.__dataclass_fields__}
+        gate = Gate(**{**settings, "atol": params["atol"] if params["atol"] is not None else atol,
+                       "rtol": params["rtol"] if params["rtol"] is not None else rtol})
         backends = [b.open(e.path) for b, e in runs]
         shape = ctx.input_shape
         res = validate(TorchRunner(ctx.model, "pytorch:compressed", input_shape=shape), backends, probe.x, gate,
-                       original=TorchRunner(ctx.original, "pytorch:original", input_shape=shape), labels=probe.y,
+                       original=TorchRunner(ctx.original, "pytorch:original", input_shape=shape), labels=probe.labels,
                        input_source=probe.source)
-        res["seed"] = params["seed"]
+        res.seed = params["seed"]
         ctx.validation = res
         ctx.gate = gate.as_dict() | {"samples": params["samples"], "seed": params["seed"]}
         print(summary(res))
-        return {"passed": res["passed"], "checks": len(res["checks"])}
+        return {"passed": res.passed, "checks": len(res.checks)}

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import OTCError
+from ..surgery import swap_class
 from . import merge as M
+from .adapters import adapter_for
 from .decisions import decide
 
 
@@ -50,16 +51,6 @@ def schedule(n_patches: int, depth: int, cfg: dict) -> list[int]:
         rs.append(r)
         n -= r
     return rs
-
-
-def attention(qkv: tuple, x_shape, size: torch.Tensor | None, scale: float, dropout: float = 0.0):
-    """Attention over (B, H, N, hd) q, k, v with log(size) added to the logits (proportional attention)
-    when sizes are given; returns the heads concatenated (B, N, H*hd) and the keys averaged over heads."""
-    q, k, v = qkv
-    B, N = x_shape[:2]
-    bias = None if size is None else size.log()[:, None, None, :, 0].to(q.dtype)  # (B, 1, 1, N)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)
-    return out.transpose(1, 2).reshape(B, N, -1), k.mean(1)
 
 
 def reduce_tokens(x, metric, size, prefix: int, r: int, cfg: dict, layer: int, depth: int):
@@ -114,20 +105,6 @@ class _ReducingBlock:
         return ad.finish(self, x, size) if t.last else (x, size)
 
 
-_CLASSES: dict = {}
-
-
-def _subclass(cls):
-    if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"TokenReduced{cls.__name__}", (_ReducingBlock, cls), {"__module__": cls.__module__})
-    return _CLASSES[cls]
-
-
-def original_class(m: nn.Module) -> type:
-    """A patched block's own class (the one its state_dict and structure belong to)."""
-    return type(m).__mro__[2] if isinstance(m, _ReducingBlock) else type(m)
-
-
 def plan(n_patches: int, prefix: int, depth: int, cfg: dict) -> dict:
     """Tokens removed by, and left after, every block."""
     rs = schedule(n_patches, depth, cfg)
@@ -137,15 +114,12 @@ def plan(n_patches: int, prefix: int, depth: int, cfg: dict) -> dict:
 
 def apply_token_reduction(model: nn.Module, cfg: dict) -> dict:
     """Patch in place; returns the plan (tokens removed and tokens left after every block) and the adapter."""
-    from .adapters import adapter_for
-
     ad = adapter_for(model)
     blocks, n_patches, prefix = ad.blocks(model), ad.num_patches(model), ad.num_prefix(model)
     depth = len(blocks)
     cfg = method_config(cfg)
     p = plan(n_patches, prefix, depth, cfg)
     for layer, (b, r) in enumerate(zip(blocks, p["removed_per_block"])):
-        if not isinstance(b, _ReducingBlock):
-            b.__class__ = _subclass(type(b))
+        swap_class(b, _ReducingBlock, "TokenReduced")
         b._tok = TokenState(ad, cfg, r, layer, depth, prefix, layer == depth - 1, ad.extras(model))
     return {**p, "adapter": ad.name}

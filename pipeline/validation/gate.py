@@ -1,31 +1,32 @@
-"""The validation gate. Export correctness: every backend against the compressed PyTorch model. Compression
-fidelity: the compressed model against the original (top-1 agreement, accuracy drop).
+"""The validation gate. Export correctness: every backend against the compressed PyTorch model, every output
+element by element. Compression fidelity: the compressed model against the original, judged by what the
+outputs mean (otcompress.tasks: top-1 agreement for classifiers, pixel agreement and mIoU for segmenters,
+mAP against the original's detections for detectors).
 
 Token-reduced models take discrete merge decisions, and a near-tie decision flips between any two float
 computations (PyTorch at batch 1 and at batch 64 disagree as often as PyTorch and onnxruntime), after which
-the logits of that sample legitimately differ. Comparing logits alone would therefore either fail correct
+the outputs of that sample legitimately differ. Comparing outputs alone would therefore either fail correct
 exports or need tolerances loose enough to pass wrong ones. Where the backend reports the decisions it took
-(onnxruntime does), the gate replays them: the PyTorch model is run with the backend's decisions and the
-logits are compared element by element with the normal tolerances, on every sample. A separate check
+(its taps: onnxruntime does), the gate replays them: the PyTorch model is run with the backend's decisions and
+the outputs are compared element by element with the normal tolerances, on every sample. A separate check
 requires the backend's decisions to equal PyTorch's own on at least `min_decision_agreement` of the token
 decisions (see decision_agreement), so an export whose decision rule itself is wrong (it would pass the
 replay) still fails."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .checks import DEFAULT_TOL, compare
-from ..metrics import fidelity
-
-DEST = "tokens.dest."
+from ..tasks import task_of
+from .checks import DEFAULT_TOL, Check, comparison_check, threshold
 
 
 @dataclass
 class Gate:
-    """Everything a validation is judged by; the validate stage records it so `otcompress validate` reuses it."""
+    """Everything a validation is judged by; the validate stage records it so `otcompress validate` reuses it.
+    Each task reads its own thresholds (None: that check is not made)."""
 
     atol: float = DEFAULT_TOL["fp32"][0]
     rtol: float = DEFAULT_TOL["fp32"][1]
@@ -33,22 +34,58 @@ class Gate:
     min_top1_agreement: float = 0.9
     max_accuracy_drop: float | None = None
     min_decision_agreement: float = 0.99
+    min_pixel_agreement: float = 0.9
+    min_miou_vs_original: float = 0.5
+    max_miou_drop: float | None = None
+    min_map_vs_original: float = 0.5
+    max_map_drop: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Gate":
+        """The gate a run recorded (keys this version does not know are ignored)."""
+        return cls(**{k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
 
-def _decisions(outs: dict) -> dict:
-    return {k: v for k, v in outs.items() if k.startswith(DEST)}
+
+@dataclass
+class Validation:
+    """A validation's result: its checks (truthy when every one passed), the fidelity metrics, the inputs."""
+
+    checks: list[Check]
+    fidelity: dict | None = None
+    inputs: dict = field(default_factory=dict)
+    gate: dict = field(default_factory=dict)
+    task: str = ""
+    note: str | None = None
+    seed: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(self.checks)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def as_dict(self) -> dict:
+        d = {"passed": self.passed, "checks": [c.as_dict() for c in self.checks], "fidelity": self.fidelity,
+             "inputs": self.inputs, "gate": self.gate, "task": self.task}
+        if self.note:
+            d["note"] = self.note
+        if self.seed is not None:
+            d["seed"] = self.seed
+        return d
 
 
 def decision_agreement(a: dict, b: dict) -> float:
-    """Fraction of token decisions (every token's slot) that agree, block by block, counted on the samples
-    whose earlier blocks agreed: after one near-tie flip a sample's later blocks see other tokens, so they
-    measure nothing about the rule. A correct export agrees on nearly every decision; a wrong rule on few."""
+    """Fraction of token decisions (every token's slot) that agree, block by block in the order taken, counted
+    on the samples whose earlier blocks agreed: after one near-tie flip a sample's later blocks see other
+    tokens, so they measure nothing about the rule. A correct export agrees on nearly every decision; a wrong
+    rule on few."""
     if not a:
         return 1.0
-    keys = sorted(a, key=lambda k: int(k.rsplit(".", 1)[1]))
+    keys = list(a)
     alive = np.ones(len(a[keys[0]]), dtype=bool)
     agree, total = 0.0, 0
     for k in keys:
@@ -56,51 +93,66 @@ def decision_agreement(a: dict, b: dict) -> float:
         if alive.any():
             agree += eq[alive].sum()
             total += eq[alive].size
-        alive &= eq.all(1)
+        alive &= eq.reshape(len(eq), -1).all(1)
     return float(agree / total) if total else 1.0
 
 
-def export_checks(reference, backend, x: np.ndarray, ref_outs: dict, gate: Gate) -> list[dict]:
-    own = _decisions(ref_outs)
-    replay = bool(own) and backend.reports_decisions and hasattr(reference, "replay")
-    outs = backend.infer_batched(x, decisions=replay)
+def _split(outs: dict, taps: list[str]) -> tuple[dict, dict]:
+    return {k: v for k, v in outs.items() if k not in taps}, {k: outs[k] for k in taps if k in outs}
+
+
+def export_checks(reference, backend, x: np.ndarray, ref_outs: dict, gate: Gate) -> list[Check]:
+    """`backend` against `reference` (a TorchRunner) on x: one check per output (decisions replayed where the
+    backend reports them) and, for token-reduced models, the decision check."""
+    ref_plain, own = _split(ref_outs, reference.tap_names)
+    replay = bool(own) and backend.reports_taps and hasattr(reference, "replay")
+    outs = backend.infer_batched(x, taps=replay)
     desc = backend.describe()
-    if not replay:
-        ref = ref_outs["logits"]
-        c = compare(ref, outs["logits"] if "logits" in outs else next(iter(outs.values())), gate.atol, gate.rtol, gate.error_stat)
-        return [{"check": f"export:{backend.name}", "output": "logits", "backend": desc, "replayed": False, **c}]
-    theirs = _decisions(outs)
-    missing = sorted(set(own) - set(theirs))
+    name = f"export:{backend.name}"
+    got, theirs = _split(outs, list(own) if replay else [])
+    missing = [k for k in ref_plain if k not in got]
     if missing:
-        return [{"check": f"export:{backend.name}", "output": "logits", "backend": desc, "passed": False,
-                 "reason": f"the exported model does not name the decisions {missing[:3]} (exported by another version?)"}]
-    replayed = reference.replay(x, theirs)
-    c = compare(replayed, outs["logits"], gate.atol, gate.rtol, gate.error_stat)
-    agree = decision_agreement(own, theirs)
-    return [
-        {"check": f"export:{backend.name}", "output": "logits", "backend": desc, "replayed": True, **c},
-        {"check": f"decisions:{backend.name}", "output": "tokens", "observed": agree,
-         "allowed": f">= {gate.min_decision_agreement}", "passed": agree >= gate.min_decision_agreement,
-         "blocks": len(own)},
-    ]
+        return [Check(name, missing[0], False, reason=f"the exported model has no output {missing[0]!r} (it has "
+                      f"{sorted(got)[:6]}): exported from another model or version?", details={"backend": desc})]
+    if replay:
+        lost = sorted(set(own) - set(theirs))
+        if lost:
+            return [Check(name, ref_plain and next(iter(ref_plain)), False, details={"backend": desc},
+                          reason=f"the exported model does not name the decisions {lost[:3]} (exported by another version?)")]
+        ref_plain = reference.replay(x, theirs)
+    checks = [comparison_check(name, k, r, got[k], gate.atol, gate.rtol, gate.error_stat, backend=desc, replayed=replay)
+              for k, r in ref_plain.items()]
+    if replay:
+        agree = decision_agreement(own, theirs)
+        checks.append(Check(f"decisions:{backend.name}", "tokens", agree >= gate.min_decision_agreement, observed=agree,
+                            allowed=f">= {gate.min_decision_agreement}", details={"blocks": len(own)}))
+    return checks
 
 
 def validate(reference, backends: list, x: np.ndarray, gate: Gate, *, original=None, labels=None,
-             input_source: str = "") -> dict:
-    """reference/backends/original are Runners. Returns {passed, checks: [...], fidelity, inputs, gate}."""
-    ref_outs = reference.infer_batched(x, decisions=True) if getattr(reference, "reports_decisions", False) else reference.infer_batched(x)
-    checks = []
+             input_source: str = "") -> Validation:
+    """Export correctness of every backend against `reference`, and fidelity of `reference` against `original`.
+
+    Args:
+        reference: a TorchRunner of the compressed model.
+        backends: Runners of the exported files (each activated and deactivated here).
+        x: the inputs.
+        gate: the thresholds.
+        original: a TorchRunner of the original model (None: fidelity is not checked).
+        labels: class labels (N,) or a dict of targets (detection boxes/classes, segmentation masks).
+    """
+    ref_outs = reference.infer_batched(x, taps=True)
+    checks: list[Check] = []
     for b in backends:
         with b:
             checks += export_checks(reference, b, x, ref_outs, gate)
+    plain, _ = _split(ref_outs, reference.tap_names)
+    import torch
+
+    task = task_of(reference.model, {k: torch.from_numpy(v[:1]) for k, v in plain.items()}, torch.from_numpy(x[:1]))
     fid = None
     if original is not None:
-        orig = original.infer_batched(x)["logits"]
-        fid = fidelity(orig, ref_outs["logits"], labels)
-        checks.append({"check": "fidelity:top1_agreement", "output": "logits", "observed": fid["top1_agreement"],
-                       "allowed": f">= {gate.min_top1_agreement}", "passed": fid["top1_agreement"] >= gate.min_top1_agreement})
-        if gate.max_accuracy_drop is not None and labels is not None:
-            checks.append({"check": "fidelity:accuracy_drop", "output": "logits", "observed": fid["accuracy_drop"],
-                           "allowed": f"<= {gate.max_accuracy_drop}", "passed": fid["accuracy_drop"] <= gate.max_accuracy_drop})
-    return {"passed": bool(checks) and all(c["passed"] for c in checks), "checks": checks, "fidelity": fid,
-            "inputs": {"source": input_source, "shape": list(x.shape)}, "gate": gate.as_dict()}
+        orig = original.infer_batched(x)
+        fid = task.fidelity(orig, plain, labels, model=reference.model)
+        checks += [threshold(b.check, b.output, b.observed, b.bound, b.at_least) for b in task.checks(fid, gate)]
+    return Validation(checks, fid, {"source": input_source, "shape": list(x.shape)}, gate.as_dict(), task.name)

@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import OTCError
-from .gate import Gate, validate
+from .checks import tolerances
+from .gate import Gate, Validation, validate
 from .inputs import probe_inputs
 
 
@@ -34,7 +35,16 @@ def _targets(target: Path) -> tuple[list, Path | None]:
 
 
 def validate_target(target: Path, *, reference=None, original=None, data=None, samples=64, seed=0, atol=None, rtol=None,
-                    error_stat=None, min_agreement=None, max_accuracy_drop=None, min_decision_agreement=None) -> dict:
+                    error_stat=None, min_agreement=None, max_accuracy_drop=None, min_decision_agreement=None) -> Validation:
+    """Check every exported file of `target` (a folder, or one file) against the compressed model rebuilt from
+    compressed.safetensors, and that model against the original where it can still be found.
+
+    Args: the reference and original checkpoints (default: found beside the target / as recorded), the data
+    (default: the run's eval set, else seeded normal samples), and any gate setting to override.
+
+    Raises:
+        OTCError: no exported file or reference, shapes that do not match, files that cannot be read.
+    """
     from otcompress.exporters.pytorch import TorchRunner
 
     from ..models import original_model
@@ -55,17 +65,18 @@ def validate_target(target: Path, *, reference=None, original=None, data=None, s
         data = Path(meta["eval"])
     probe = probe_inputs(data, meta.get("mean"), meta.get("std"), samples, seed, shape)
     orig = original_model(meta, original)
-    recorded = {k: v for k, v in (meta.get("gate") or {}).items() if k in Gate.__dataclass_fields__}
-    gate = Gate(**recorded)
-    if any(f.suffix != ".onnx" for _, f in files) and meta.get("tensorrt_precision") == "fp16" and not recorded:
-        gate = replace(gate, atol=1e-2, rtol=1e-2)
+    recorded = meta.get("gate")
+    gate = Gate.from_dict(recorded)
+    built = {(meta.get("exports") or {}).get(f.name, {}).get("precision", "fp32") for _, f in files}
+    if not recorded and "fp16" in built:  # the defaults of what was built (the validate stage records its own)
+        gate = replace(gate, **dict(zip(("atol", "rtol"), tolerances("fp16"))))
     given = dict(atol=atol, rtol=rtol, error_stat=error_stat, min_top1_agreement=min_agreement,
                  max_accuracy_drop=max_accuracy_drop, min_decision_agreement=min_decision_agreement)
     gate = replace(gate, **{k: v for k, v in given.items() if v is not None})
     res = validate(TorchRunner(model, "pytorch:compressed", input_shape=shape), backends, probe.x, gate,
                    original=TorchRunner(orig, "pytorch:original", input_shape=shape) if orig is not None else None,
-                   labels=probe.y, input_source=probe.source)
-    res["seed"] = seed
+                   labels=probe.labels, input_source=probe.source)
+    res.seed = seed
     if orig is None:
-        res["note"] = "original model not available (no checkpoint recorded, or the file moved): fidelity not checked"
+        res.note = "original model not available (no checkpoint recorded, or the file moved): fidelity not checked"
     return res

@@ -3,8 +3,8 @@ DeiTForImageClassificationWithTeacher; class and distillation tokens), transform
 
 from __future__ import annotations
 
-from . import ADAPTERS, TokenAdapter
-from ..patch import attention
+from .base import ADAPTERS, TokenAdapter
+from ..attention import attention
 
 
 def _base(model):

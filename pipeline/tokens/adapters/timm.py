@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import ADAPTERS, TokenAdapter
-from ..patch import attention, original_class
+from .base import ADAPTERS, TokenAdapter
+from ...surgery import original_class
+from ..attention import attention, split_qkv
 
 POOLS = ("token", "avg", "")
 
@@ -30,7 +31,16 @@ def _supported_attention(a) -> bool:
 class TimmViT(TokenAdapter):
     name = "timm-vit"
 
-    def matches(self, model):
+    def classes(self):
+        from ...models.zoo.vit import VisionTransformer as Builtin
+
+        try:
+            from timm.models.vision_transformer import VisionTransformer
+        except Exception:  # timm is optional
+            return (Builtin,)
+        return (Builtin, VisionTransformer)
+
+    def matches(self, model):  # by structure: timm's ViT relatives (DeiT distilled, ...) keep these names
         blocks = getattr(model, "blocks", None)
         return (isinstance(blocks, nn.Sequential) and hasattr(model, "patch_embed") and len(blocks) > 0
                 and all(hasattr(b, "attn") and hasattr(b, "norm1") for b in blocks))
@@ -77,7 +87,7 @@ class TimmViT(TokenAdapter):
         H = a.num_heads
         hd = getattr(a, "head_dim", C // H)
         gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-        q, k, v = a.qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_qkv(a.qkv(x), H, hd)
         if hasattr(a, "q_norm"):
             q, k = a.q_norm(q), a.k_norm(k)
         drop = a.attn_drop.p if a.training and isinstance(getattr(a, "attn_drop", None), nn.Dropout) else 0.0

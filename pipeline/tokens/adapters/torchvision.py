@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from . import ADAPTERS, TokenAdapter
-from ..patch import attention
+from .base import ADAPTERS, TokenAdapter
+from ..attention import attention, split_qkv
 
 
 class TorchvisionViT(TokenAdapter):
     name = "torchvision-vit"
 
-    def matches(self, model):
-        return type(model).__module__.startswith("torchvision.models.vision_transformer")
+    def classes(self):
+        try:
+            from torchvision.models.vision_transformer import VisionTransformer
+        except Exception:  # torchvision is optional
+            return ()
+        return (VisionTransformer,)
 
     def refusal(self, model):
         for i, b in enumerate(self.blocks(model)):
@@ -35,7 +39,7 @@ class TorchvisionViT(TokenAdapter):
         B, N, C = x.shape
         H = mha.num_heads
         hd = C // H
-        q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_qkv(F.linear(x, mha.in_proj_weight, mha.in_proj_bias), H, hd)
         out, metric = attention((q, k, v), x.shape, size, hd ** -0.5, mha.dropout if mha.training else 0.0)
         return mha.out_proj(out), metric
 

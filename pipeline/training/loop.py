@@ -1,40 +1,18 @@
-"""Training for the dtp stage: in-memory data with seeded per-sample augmentation (so a run sharded over
-processes sees exactly the batches of a single-process run), SGD with momentum and a cosine schedule,
-bf16 autocast on GPU, DDP under torchrun (one process writes), a checkpoint every epoch."""
+"""The training loop: in-memory data with seeded per-sample augmentation (so a run sharded over processes sees
+exactly the batches of a single-process run), a cosine schedule, bf16 autocast on GPU, the global batch
+split over ranks."""
 
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
 from ..progress import bar as progress_bar
-
-
-def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def resolve_device(name: str) -> str:
-    """The recipe's `device`: auto = CUDA where available."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
-def maybe_init_distributed(device: str) -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); returns whether this run is distributed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return True
+from .distributed import dist_info
 
 
 def augment_plan(n: int, size: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
