@@ -91,7 +91,7 @@ def train_yolo(minutes: float, batch: int, lr: float):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         if step % 50 == 0:
-            hist.append({"step": step, "seconds": round(time.time() - t0), "loss": [round(float(v), 3) for v in items]})
+            hist.append({"step": step, "seconds": round(time.time() - t0), **{k: round(float(v), 3) for k, v in items.items()}})
             print(hist[-1], flush=True)
         step += 1
     model.eval()

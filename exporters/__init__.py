@@ -12,10 +12,14 @@ from otcompress.registry import Registry
 
 @dataclass(frozen=True)
 class Backend:
+    """A runtime for one artifact. Args: its name (checks are named "export:<name>"), the artifact's file name
+    inside an artifact folder, the file name endings it runs (the longest match wins: model.int8.onnx is the
+    INT8 backend's, model.onnx the FP32 one's), and its Runner class (or "module:Class", imported on use)."""
+
     name: str
-    artifact: str  # file name inside an artifact folder
-    suffixes: tuple[str, ...]  # files this backend runs
-    runner: str | type  # a Runner class, or "module:Class" imported on use (TensorRT imports only where installed)
+    artifact: str
+    suffixes: tuple[str, ...]
+    runner: str | type
 
     def open(self, path: str | Path, **kw):
         cls = self.runner
@@ -30,6 +34,18 @@ class Backend:
 
 
 BACKENDS = Registry("backend")
+
+
+def backends_for(path: str | Path) -> list[Backend]:
+    """The backends that run a file, by its most specific matching ending."""
+    name = Path(path).name
+    hits = [(len(s), b) for b in BACKENDS.values() for s in b.suffixes if name.endswith(s)]
+    if not hits:
+        return []
+    best = max(n for n, _ in hits)
+    return [b for n, b in hits if n == best]
 BACKENDS.register("onnxruntime", Backend("onnxruntime", "model.onnx", (".onnx",), "otcompress.exporters.onnxruntime:OrtRunner"))
+BACKENDS.register("onnxruntime-int8", Backend("onnxruntime-int8", "model.int8.onnx", (".int8.onnx",),
+                                              "otcompress.exporters.onnxruntime:OrtRunner"))
 BACKENDS.register("tensorrt", Backend("tensorrt", "model.plan", (".plan", ".engine"), "otcompress.exporters.tensorrt:TrtRunner"))
 

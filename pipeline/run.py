@@ -122,11 +122,12 @@ def _run(plan: Plan, out, force, resume, progress, rank, model) -> dict:
 
     with stage_scope("saving and reloading the result"):
         save_compressed(stage_dir / "compressed.safetensors", ctx.model, build_meta(plan, ctx), fresh_copy=original)
-        gates = {name: Gate.from_dict(e.gate) for name, e in ctx.exports.items() if e.gate}
         fresh = None if recipe.model["arch"] else copy.deepcopy(original)  # an in-memory model: no source to build
+        numbers = Gate.from_dict(ctx.gate) if ctx.gate else Gate(**task.gate_defaults)
         check = self_check(ctx.model, stage_dir / "compressed.safetensors", ctx.exports, ctx.probe.x[:8],
-                           ctx.input_shape, gates, fresh)
+                           ctx.input_shape, fresh, numbers)
     files = ["compressed.safetensors"] + [e.path.name for e in ctx.exports.values()]
+    files += [e.gate["plan"] for e in ctx.exports.values() if e.gate and e.gate.get("plan")]
     validation = ctx.validation.as_dict() if ctx.validation is not None else {
         "passed": None, "checks": [], "note": "not validated: the recipe has no validate stage"}
     report = {

@@ -151,6 +151,7 @@ class Tracer:
         self.uf = ChannelVars()
         self.V: dict = {}
         self.out_vars: dict[str, np.ndarray] = {}  # a module's output channels: the same variables at every call
+        self.seen: dict[tuple, np.ndarray] = {}  # a layer's first use of each tensor axis
         self.res = ChannelTrace(self.uf, self.g)
         self.order = 0
         self.output_names = output_names
@@ -192,6 +193,13 @@ class Tracer:
         return np.where(same, full[:, 0], -1)
 
     def use(self, module, role, tensors, dim, vars_, groups=1):
+        """Record a layer's use of channels. A layer called more than once (a detection head shared by every
+        pyramid level) reads the same weight positions each time: its positions' variables are coupled."""
+        key = (module, role, tuple(tensors), dim)
+        prev = self.seen.get(key)
+        if prev is not None and len(prev) == len(vars_):
+            self.uf.union_pairs(np.asarray(prev), np.asarray(vars_))
+        self.seen.setdefault(key, vars_)
         self.res.uses.append(Use(module, role, tuple(tensors), dim, vars_, groups, self.order))
 
     def produce(self, module: str, n: int) -> np.ndarray:

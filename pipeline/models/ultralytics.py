@@ -7,10 +7,13 @@ ultralytics (AGPL-3.0) is optional and imported only here, with its import side 
 check (YOLO_OFFLINE), no pip installs (YOLO_AUTOINSTALL), its settings file in a private folder
 (YOLO_CONFIG_DIR), and OMP_NUM_THREADS as it was.
 
-The pipeline runs the model in ultralytics' export form (what `yolo export format=onnx` writes): `output0`, the
-decoded boxes (xywh, input pixels) and class scores (B, 4 + classes [+ mask coefficients], anchors), and for
-segmenters `output1`, the mask prototypes. NMS runs outside the graph, in `decode_detections`. The head's
-final convolutions (box distribution bins, class scores, mask coefficients, prototypes) are always kept."""
+The pipeline runs the model's dense core: images (0..1) in, the head's raw tensors out, every level
+concatenated: `boxes` (B, 4 x distribution bins, anchors), `scores` (B, classes, anchors: logits) and for
+segmenters `mask_coefficient` (B, masks, anchors) and `proto` (B, masks, H/4, W/4). The model's own decoding
+(DFL expectation, anchors, strides, sigmoid) and NMS run outside the graph, in `decode_detections`, so the
+exported graph is what its raw numbers can be checked on (decoded pixel coordinates beside scores in one
+tensor are not), and quantization never touches the box decoding. The head's final convolutions (box
+distribution bins, class scores, mask coefficients, prototypes) are always kept."""
 
 from __future__ import annotations
 
@@ -60,36 +63,41 @@ def available() -> str:
         return f"not installed/usable ({str(e).split('(', 1)[-1].split(')')[0]})"
 
 
-class YoloExport:
-    """Mixed into the model's class: the forward ultralytics exports (head in export mode), named as its ONNX
-    export names its outputs, plus NMS outside the graph."""
+RAW = ("boxes", "scores", "mask_coefficient", "proto")
+
+
+class RawHead:
+    """Mixed into the Detect / Segment head: its raw per-level tensors, concatenated, without decoding."""
 
     def forward(self, x):
-        out = super().forward(x)
-        if isinstance(out, (tuple, list)):
-            return {f"output{i}": t for i, t in enumerate(out)}
-        return {"output0": out}
+        preds = self.forward_head(x, **self.one2many)
+        if getattr(self, "proto", None) is not None:
+            preds["proto"] = self.proto(x[0])
+        return {k: preds[k] for k in RAW if k in preds}
+
+
+class YoloCore:
+    """Mixed into the DetectionModel / SegmentationModel: the raw head tensors (see the module docstring), the
+    channels they fix, and the model's own decoding and NMS outside the graph."""
 
     def protected_channels(self) -> dict[str, str]:
         head = f"model.{len(self.model) - 1}"
         return {f"{head}.cv2.*.2": "box distribution bins (DFL) of the detection head",
                 f"{head}.cv3.*.2": "class scores of the detection head",
                 f"{head}.cv4.*.2": "mask coefficients of the segmentation head",
-                f"{head}.proto.cv3.conv": "mask prototypes of the segmentation head",
-                f"{head}.dfl.conv": "the DFL's fixed expectation over the distribution bins",
-                f"{head}.one2one_cv2.*.2": "box distribution bins (one-to-one head)",
-                f"{head}.one2one_cv3.*.2": "class scores (one-to-one head)"}
+                f"{head}.proto.cv3.conv": "mask prototypes of the segmentation head"}
 
     def decode_detections(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Per image {boxes (xyxy input pixels), scores, labels} after class-aware NMS (conf 0.001, IoU 0.7, 300
-        detections: ultralytics' validation settings)."""
+        """Per image {boxes (xyxy input pixels), scores, labels}: ultralytics' decoding (DFL, anchors, strides,
+        sigmoid), then class-aware NMS at its validation settings (conf 0.001, IoU 0.7, 300 detections)."""
         from torchvision.ops import batched_nms
 
-        y = outputs["output0"].float()
-        nc = self.model[-1].nc
+        head = self.model[-1]
+        anchors, strides = self._otc_anchors
+        dbox = head.decode_bboxes(head.dfl(outputs["boxes"].float()), anchors.unsqueeze(0)) * strides
+        scores_all = outputs["scores"].float().sigmoid()
         dets = []
-        for p in y:  # (4 + nc [+ nm], anchors)
-            xywh, cls = p[:4].T, p[4:4 + nc].T
+        for xywh, cls in zip(dbox.transpose(1, 2), scores_all.transpose(1, 2)):  # (anchors, 4), (anchors, classes)
             scores, labels = cls.max(1)
             keep = scores > CONF
             xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)[keep]
@@ -106,14 +114,6 @@ def _yaml(name: str) -> str:
         raise OTCError(f"model.arch = 'ultralytics:{name}': expected a model YAML such as yolov8n.yaml or "
                        "yolo11n-seg.yaml (weights come from model.checkpoint)")
     return str(p) if p.is_file() else name
-
-
-def _same_anchors(head, args):
-    """The head caches its anchors by the whole input shape; they depend on the feature maps' size only, so a
-    new batch size reuses them (recomputing them inside torch.export would leave traced tensors behind)."""
-    s = args[0][0].shape
-    if head.shape is not None and tuple(head.shape[2:]) == tuple(s[2:]):
-        head.shape = s
 
 
 class Ultralytics(Source):
@@ -157,12 +157,19 @@ class Ultralytics(Source):
 
     def adapt(self, model, example):
         head = model.model[-1]
-        head.export, head.dynamic = True, False
-        head.register_forward_pre_hook(_same_anchors)
-        swap_class(model, YoloExport, "")
-        if example is not None:  # the anchors of this input size, computed once, outside any export
+        swap_class(head, RawHead, "")
+        swap_class(model, YoloCore, "")
+        model._otc_anchors = None
+        if example is not None:  # the anchors of this input size (ultralytics' own make_anchors), once
+            from ultralytics.utils.tal import make_anchors
+
+            shapes = []
+            hook = head.register_forward_pre_hook(lambda m, a: shapes.append([t.shape for t in a[0]]))
             with torch.no_grad():
                 model(example)
+            hook.remove()
+            anchors, strides = make_anchors([torch.zeros(s) for s in shapes[0]], head.stride, 0.5)
+            model._otc_anchors = (anchors.transpose(0, 1), strides.transpose(0, 1))
         return model
 
 

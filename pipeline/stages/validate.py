@@ -14,6 +14,18 @@ def _backends(v):
         return f"expected a list drawn from {', '.join(repr(b) for b in BACKENDS)}"
 
 
+def task_gate_defaults(ctx) -> dict:
+    """The gate defaults of the task the model's outputs mean (otcompress.tasks)."""
+    import torch
+
+    from ..outputs import flatten
+    from ..tasks import task_of
+
+    with torch.no_grad():
+        outs = flatten(ctx.model(ctx.example))
+    return dict(task_of(ctx.model, outs, ctx.example).gate_defaults)
+
+
 class Validate(Stage):
     kind = "validate"
     changes_model = False
@@ -22,6 +34,9 @@ class Validate(Stage):
                                              f"{DEFAULT_TOL['fp16'][0]:g} fp16)"),
         "rtol": Field((float,), lo=0.0, help=f"a non-negative number (default {DEFAULT_TOL['fp32'][1]:g} fp32, "
                                              f"{DEFAULT_TOL['fp16'][1]:g} fp16)"),
+        "atol_scale": Field((float,), lo=0.0, help="a non-negative number: atol is at least this times each output's "
+                                                  "largest magnitude (default: the task's, 1e-5 for detectors and "
+                                                  "segmenters, 0 for classifiers)"),
         "error_stat": Field((str,), default="elemwise", choices=ERROR_STATS,
                             help="Polygraphy's check_error_stat: elemwise, max, mean or median"),
         "samples": Field((int,), default=64, lo=1, help="a positive integer"),
@@ -39,6 +54,13 @@ class Validate(Stage):
         "min_map_vs_original": Field((float,), default=Gate.min_map_vs_original, lo=0.0, hi=1.0,
                                      help="detectors: mAP50-95 against the original's detections as ground truth"),
         "max_map_drop": Field((float,), lo=0.0, hi=1.0, help="detectors with labelled boxes: allowed mAP50-95 drop"),
+        "min_int8_agreement": Field((float,), default=Gate.min_int8_agreement, lo=0.0, hi=1.0,
+                                    help="an INT8 artifact's agreement with the FP32 model (the task's measure)"),
+        "max_int8_accuracy_drop": Field((float,), lo=0.0, hi=1.0, help="with labels: the INT8 artifact's accuracy drop "
+                                                                       "from the FP32 model"),
+        "int8_steps": Field((float,), default=Gate.int8_steps, lo=0.0,
+                            help="an INT8 artifact's largest difference from its fake-quantized reference, in "
+                                 "quantization steps of each output"),
         "backends": Field((list,), check=_backends, help="a list of backends to check (default: all exported)"),
     }
 
@@ -50,18 +72,19 @@ class Validate(Stage):
         samples = min(params["samples"], d.get("limit") or params["samples"])  # [data].limit caps evaluation
         probe = probe_inputs(d.get("eval"), d.get("mean"), d.get("std"), samples, params["seed"], ctx.input_shape)
         wanted = params["backends"] or list(BACKENDS)
-        runs = [(b, ctx.exports[b.artifact]) for name, b in BACKENDS.items()
-                if name in wanted and b.artifact in ctx.exports and not ctx.exports[b.artifact].gate]
+        runs = [(b, ctx.exports[b.artifact]) for name, b in BACKENDS.items() if name in wanted and b.artifact in ctx.exports]
+        from ..validation.quantized import quantized_reference
+
+        quantized = {b.name: quantized_reference(ctx.out, e.gate) for b, e in runs if e.gate}
         precision = "fp16" if any(e.precision == "fp16" for _, e in runs) else "fp32"  # what was built, not asked for
         atol, rtol = tolerances(precision)
-        settings = {k: v for k, v in params.items() if k in Gate.__dataclass_fields__}
-        gate = Gate(**{**settings, "atol": params["atol"] if params["atol"] is not None else atol,
-                       "rtol": params["rtol"] if params["rtol"] is not None else rtol})
+        settings = {k: v for k, v in params.items() if k in Gate.__dataclass_fields__ and v is not None}
+        gate = Gate(**{**task_gate_defaults(ctx), "atol": atol, "rtol": rtol, **settings})
         backends = [b.open(e.path) for b, e in runs]
         shape = ctx.input_shape
         res = validate(TorchRunner(ctx.model, "pytorch:compressed", input_shape=shape), backends, probe.x, gate,
                        original=TorchRunner(ctx.original, "pytorch:original", input_shape=shape), labels=probe.labels,
-                       input_source=probe.source)
+                       input_source=probe.source, quantized=quantized)
         res.seed = params["seed"]
         ctx.validation = res
         ctx.gate = gate.as_dict() | {"samples": params["samples"], "seed": params["seed"]}

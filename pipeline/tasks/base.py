@@ -28,6 +28,8 @@ class Task:
     name = "task"
     # (metric key, stage-table header) x 3: agreement with the original, largest output error, the score with labels
     columns: tuple[tuple[str, str], ...] = ()
+    # gate defaults of its own (e.g. atol_scale for raw dense-prediction tensors whose magnitude reaches hundreds)
+    gate_defaults: dict = {}
 
     def matches(self, model: torch.nn.Module, outputs: dict[str, torch.Tensor], example: torch.Tensor) -> bool:
         raise NotImplementedError

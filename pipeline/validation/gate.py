@@ -30,6 +30,7 @@ class Gate:
 
     atol: float = DEFAULT_TOL["fp32"][0]
     rtol: float = DEFAULT_TOL["fp32"][1]
+    atol_scale: float = 0.0  # atol at least this times the output's largest magnitude (the task's default)
     error_stat: str = "elemwise"
     min_top1_agreement: float = 0.9
     max_accuracy_drop: float | None = None
@@ -39,6 +40,9 @@ class Gate:
     max_miou_drop: float | None = None
     min_map_vs_original: float = 0.5
     max_map_drop: float | None = None
+    min_int8_agreement: float = 0.98  # an INT8 artifact's agreement with the FP32 model it was quantized from
+    max_int8_accuracy_drop: float | None = None
+    int8_steps: float = 4.0  # an INT8 artifact may differ from its fake-quantized reference by this many output steps
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,8 +124,12 @@ def export_checks(reference, backend, x: np.ndarray, ref_outs: dict, gate: Gate)
             return [Check(name, ref_plain and next(iter(ref_plain)), False, details={"backend": desc},
                           reason=f"the exported model does not name the decisions {lost[:3]} (exported by another version?)")]
         ref_plain = reference.replay(x, theirs)
-    checks = [comparison_check(name, k, r, got[k], gate.atol, gate.rtol, gate.error_stat, backend=desc, replayed=replay)
-              for k, r in ref_plain.items()]
+    checks = []
+    for k, r in ref_plain.items():
+        scale = float(np.abs(r).max(initial=0))
+        atol = max(gate.atol, gate.atol_scale * scale)  # float32 rounding grows with the magnitude of the terms
+        checks.append(comparison_check(name, k, r, got[k], atol, gate.rtol, gate.error_stat, backend=desc,
+                                       replayed=replay, output_scale=scale))
     if replay:
         agree = decision_agreement(own, theirs)
         checks.append(Check(f"decisions:{backend.name}", "tokens", agree >= gate.min_decision_agreement, observed=agree,
@@ -130,7 +138,7 @@ def export_checks(reference, backend, x: np.ndarray, ref_outs: dict, gate: Gate)
 
 
 def validate(reference, backends: list, x: np.ndarray, gate: Gate, *, original=None, labels=None,
-             input_source: str = "") -> Validation:
+             input_source: str = "", quantized: dict | None = None) -> Validation:
     """Export correctness of every backend against `reference`, and fidelity of `reference` against `original`.
 
     Args:
@@ -140,19 +148,28 @@ def validate(reference, backends: list, x: np.ndarray, gate: Gate, *, original=N
         gate: the thresholds.
         original: a TorchRunner of the original model (None: fidelity is not checked).
         labels: class labels (N,) or a dict of targets (detection boxes/classes, segmentation masks).
+        quantized: {backend name: (FP32 ONNX path, plan)} for quantized artifacts, judged by validation.quantized
+            (their plan, their fake-quantized reference, their agreement with the FP32 model) instead.
     """
+    from .quantized import int8_fidelity, quantized_checks
+
     ref_outs = reference.infer_batched(x, taps=True)
+    plain, _ = _split(ref_outs, reference.tap_names)
+    orig = original.infer_batched(x) if original is not None else None
     checks: list[Check] = []
     for b in backends:
         with b:
-            checks += export_checks(reference, b, x, ref_outs, gate)
-    plain, _ = _split(ref_outs, reference.tap_names)
+            if quantized and b.name in quantized:
+                fp32_path, plan = quantized[b.name]
+                checks += quantized_checks(b.name, b, fp32_path, plan, x, gate.int8_steps)
+                checks += int8_fidelity(b.name, reference.model, x, plain, b.infer_batched(x), gate, orig, labels)
+            else:
+                checks += export_checks(reference, b, x, ref_outs, gate)
     import torch
 
     task = task_of(reference.model, {k: torch.from_numpy(v[:1]) for k, v in plain.items()}, torch.from_numpy(x[:1]))
     fid = None
-    if original is not None:
-        orig = original.infer_batched(x)
+    if orig is not None:
         fid = task.fidelity(orig, plain, labels, model=reference.model)
         checks += [threshold(b.check, b.output, b.observed, b.bound, b.at_least) for b in task.checks(fid, gate)]
     return Validation(checks, fid, {"source": input_source, "shape": list(x.shape)}, gate.as_dict(), task.name)

@@ -4,6 +4,7 @@ Any difference is a bug of ours (an internal error naming the file), never the u
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,14 @@ import torch
 from ..errors import InternalError, OTCError
 from ..outputs import flatten
 from .gate import Gate, export_checks
+from .quantized import quantized_checks, quantized_reference
 
 
 def self_check(model: torch.nn.Module, path: Path, exports: dict, x: np.ndarray, input_shape,
-               gates: dict | None = None, fresh: torch.nn.Module | None = None) -> dict:
+               fresh: torch.nn.Module | None = None, gate: Gate | None = None) -> dict:
     """Args: the compressed model in memory, its compressed.safetensors, {artifact name: Export}, probe inputs,
-    per artifact a Gate to check it with (default: the fp32 tolerances; quantized files bring their own), and
-    a fresh original where the run recorded no model source.
+    a fresh original where the run recorded no model source, and the gate whose tolerances the numbers are
+    checked with (default: the fp32 defaults). Quantized files are checked against their plan.
 
     Returns {reload_max_abs, exports: {backend: max_abs}}. Raises InternalError on any mismatch."""
     from otcompress.exporters import BACKENDS
@@ -44,9 +46,13 @@ def self_check(model: torch.nn.Module, path: Path, exports: dict, x: np.ndarray,
         e = exports.get(b.artifact)
         if e is None:
             continue
-        gate = (gates or {}).get(b.artifact) or Gate(min_decision_agreement=0.0)
+        g = replace(gate or Gate(), min_decision_agreement=0.0)  # decisions are the validate stage's; here, numbers
         with b.open(e.path) as runner:
-            checks = export_checks(ref, runner, x, ref_outs, gate)
+            if e.gate and e.gate.get("kind") == "int8":  # the INT8 file holds its plan and matches its reference
+                fp32, plan = quantized_reference(path.parent, e.gate)
+                checks = quantized_checks(name, runner, fp32, plan, x, g.int8_steps)
+            else:
+                checks = export_checks(ref, runner, x, ref_outs, g)
         bad = [c for c in checks if not c]
         if bad:
             raise InternalError(f"self-check: {e.path.name} does not reproduce the compressed model: {bad[0].reason}")

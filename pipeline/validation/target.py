@@ -15,7 +15,7 @@ from .inputs import probe_inputs
 
 def _targets(target: Path) -> tuple[list, Path | None]:
     """(backend, file) pairs to check and the compressed.safetensors beside them."""
-    from otcompress.exporters import BACKENDS
+    from otcompress.exporters import BACKENDS, backends_for
 
     if target.is_dir():
         files = [(b, target / b.artifact) for _, b in BACKENDS.items() if (target / b.artifact).exists()]
@@ -26,7 +26,7 @@ def _targets(target: Path) -> tuple[list, Path | None]:
         return files, ref if ref.exists() else None
     if not target.exists():
         raise OTCError(f"{target}: file not found")
-    files = [(b, target) for _, b in BACKENDS.items() if target.suffix in b.suffixes]
+    files = [(b, target) for b in backends_for(target)]
     if not files:
         raise OTCError(f"{target}: expected an artifact folder or an exported model "
                        f"({', '.join(s for _, b in BACKENDS.items() for s in b.suffixes)})")
@@ -73,9 +73,16 @@ def validate_target(target: Path, *, reference=None, original=None, data=None, s
     given = dict(atol=atol, rtol=rtol, error_stat=error_stat, min_top1_agreement=min_agreement,
                  max_accuracy_drop=max_accuracy_drop, min_decision_agreement=min_decision_agreement)
     gate = replace(gate, **{k: v for k, v in given.items() if v is not None})
+    quantized = {}
+    for (b, f), runner in zip(files, backends):
+        rec = (meta.get("exports") or {}).get(f.name, {}).get("gate")
+        if rec and rec.get("kind") == "int8":
+            from .quantized import quantized_reference
+
+            quantized[runner.name] = quantized_reference(f.parent, rec)
     res = validate(TorchRunner(model, "pytorch:compressed", input_shape=shape), backends, probe.x, gate,
                    original=TorchRunner(orig, "pytorch:original", input_shape=shape) if orig is not None else None,
-                   labels=probe.labels, input_source=probe.source)
+                   labels=probe.labels, input_source=probe.source, quantized=quantized)
     res.seed = seed
     if orig is None:
         res.note = "original model not available (no checkpoint recorded, or the file moved): fidelity not checked"

@@ -1,0 +1,135 @@
+"""Which quantization to ship: for `target = "auto"`, every candidate setting is quantized (the calibration
+ranges computed once per method), scored on held-out calibration images against the FP32 model (the task's
+agreement: top-1 agreement for classifiers, mAP against the FP32 detections for detectors, pixel agreement for
+segmenters) and timed on this machine's onnxruntime; the fastest one that agrees is taken. Where none agrees,
+the automatic fallback ranks the quantized layers by measured sensitivity (how much the output error falls
+when that layer alone stays in float) and returns the most sensitive to float, one at a time, until the INT8
+model agrees or `max_float` layers are float; what stayed float and why is recorded."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import OTCError
+from .build import Quantized, quantize_model
+from .settings import Settings, Target, candidates
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def run(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    from otcompress.exporters.onnxruntime import OrtRunner
+
+    with OrtRunner(path, providers=["CPUExecutionProvider"]) as r:
+        return r.infer_batched(x)
+
+
+def latency(path: Path, shape, threads: int | None = None, runs: int = 15) -> dict[str, float]:
+    """Median onnxruntime CPU latency (ms) at batch 1 and at the model's batch or 32 (a static-batch model: its own)."""
+    from otcompress.exporters.onnxruntime import OrtRunner
+
+    out = {}
+    with OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads) as r:
+        batches = [r.batch] if r.batch else [1, 32]
+        for b in batches:
+            x = np.random.default_rng(0).standard_normal((b, *shape[1:])).astype(np.float32)
+            for _ in range(3):
+                r.infer(x)
+            ts = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                r.infer(x)
+                ts.append(time.perf_counter() - t0)
+            out[f"b{b}"] = 1e3 * statistics.median(ts)
+    return out
+
+
+@dataclass
+class Choice:
+    quantized: Quantized
+    agreement: float
+    candidates: list[dict] = field(default_factory=list)
+    fallback: list[dict] = field(default_factory=list)
+
+
+def quantizable(proto: onnx.ModelProto, float_nodes: dict) -> list[str]:
+    return [n.name for n in proto.graph.node if n.op_type in WEIGHTED and n.name not in float_nodes]
+
+
+def choose(fp32: Path, work: Path, calib: np.ndarray, held: np.ndarray, given: Settings, target: Target,
+           float_nodes: dict[str, str], score, min_agreement: float, max_float: int, fallback: bool,
+           progress=lambda msg: None) -> Choice:
+    """The quantization to ship (see the module docstring).
+
+    Args:
+        calib, held: calibration images for the ranges, and held-out ones to score on.
+        score: score(fp32_outputs, int8_outputs) -> agreement in [0, 1] (the task's).
+        progress: called with a line per candidate and per fallback step.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "ranges"
+    want = run(fp32, held)
+    shape = [1, *calib.shape[1:]]
+    base = latency(fp32, shape) if target.measure else None
+    rows, best = [], None
+    for i, s in enumerate(candidates(target, given)):
+        q = quantize_model(fp32, work / f"candidate{i}.onnx", calib, s, float_nodes, cache)
+        a = float(score(want, run(q.path, held)))
+        lat = latency(q.path, shape) if target.measure else None
+        speed = (statistics.geometric_mean([base[k] / lat[k] for k in lat]) if lat else None)
+        rows.append({"settings": s.as_dict(), "label": s.label, "agreement": a, "latency_ms": lat,
+                     "speedup_vs_fp32": speed, "seconds": round(q.seconds, 2)})
+        progress(f"  {s.label:<36} agreement {a:.4f}" + (f"  {speed:.2f}x FP32 speed" if speed else ""))
+        ok = a >= min_agreement
+        key = (ok, speed if speed is not None else 0.0, a)
+        if best is None or key > best[0]:
+            best = (key, q, a)
+    (ok, _, _), q, a = best
+    if base is not None:
+        for r in rows:
+            r["fp32_latency_ms"] = base
+    steps = []
+    if not ok and fallback:
+        q, a, steps = _fallback(fp32, work, calib, held, q, a, want, score, min_agreement, max_float, cache, progress)
+    final = work / "chosen.onnx"
+    shutil.copyfile(q.path, final)
+    q.path = final
+    return Choice(q, a, rows, steps)
+
+
+def _fallback(fp32, work, calib, held, q: Quantized, agreement, want, score, min_agreement, max_float, cache, progress):
+    """Return the most sensitive layers to float, one at a time (see the module docstring)."""
+    proto = onnx.load(str(fp32), load_external_data=False)
+    err = _error(want, run(q.path, held))
+    gains = []
+    for name in quantizable(proto, q.float_nodes):  # sensitivity: the output error this layer alone causes
+        trial = quantize_model(fp32, work / "probe.onnx", calib, q.settings,
+                               {**q.float_nodes, name: "probe"}, cache)
+        gains.append((err - _error(want, run(trial.path, held)), name))
+    gains.sort(reverse=True)
+    steps, floats = [], dict(q.float_nodes)
+    for gain, name in gains[:max_float]:
+        if agreement >= min_agreement:
+            break
+        floats[name] = f"returned to float by the fallback: the most sensitive layer left (output error -{gain:.3g})"
+        q = quantize_model(fp32, work / "fallback.onnx", calib, q.settings, floats, cache)
+        agreement = float(score(want, run(q.path, held)))
+        steps.append({"node": name, "error_reduction": gain, "agreement": agreement})
+        progress(f"  fallback: {name} to float -> agreement {agreement:.4f}")
+    if agreement < min_agreement:
+        raise OTCError(f"quantize: the INT8 model agrees with the FP32 one on {agreement:.4f} of the held-out calibration "
+                       f"images after {len(steps)} layers returned to float (min_agreement {min_agreement}, max_float "
+                       f"{max_float}); raise max_float, lower min_agreement or exclude layers")
+    return q, agreement, steps
+
+
+def _error(want: dict, got: dict) -> float:
+    return float(sum(np.mean((want[k].astype(np.float64) - got[k]) ** 2) / max(np.var(want[k]), 1e-12) for k in want))
+

@@ -1,0 +1,175 @@
+"""Detectors and segmenters end to end from a recipe (random weights made meaningful, small inputs): fold_bn ->
+prune or intrafusion -> repair -> ONNX -> validate (every raw output element by element; mAP against the
+original's detections, pixel agreement and mIoU against its masks) -> reload -> `otcompress validate DIR`.
+The head outputs' channels are kept with their reasons; the gate fails wrong exports: a perturbed weight, two
+head channels swapped, BatchNorm folded without eps, a box-head output pruned; and a detector that finds
+nothing fails the fidelity check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import run_cli
+from .detectors import DETECTORS, materialise, recipe, spec
+
+STAGES = """
+[[stages]]
+kind = "fold_bn"
+[[stages]]
+kind = "{channel}"
+flops = 0.7
+[[stages]]
+kind = "repair"
+samples = 16
+[[stages]]
+kind = "export_onnx"
+[[stages]]
+kind = "validate"
+samples = 8
+min_map_vs_original = 0.0
+min_pixel_agreement = 0.0
+min_miou_vs_original = 0.0
+"""
+
+
+@pytest.mark.parametrize("case", DETECTORS, ids=[c.id for c in DETECTORS])
+def test_detector_or_segmenter_shrinks_exports_validates_and_reloads(case, tmp_path):
+    ckpt, data = materialise(case, tmp_path / "m")
+    p = tmp_path / "r.toml"
+    p.write_text(recipe(case, ckpt, data, STAGES.format(channel=case.channel)))
+    out = tmp_path / "out"
+    res = run_cli("run", p, "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["task"] == ("segmentation" if "deeplab" in case.arch or "fcn" in case.arch else "detection")
+    shrink = rep["stages"][2]
+    assert 0.6 < shrink["flops"] / rep["stages"][0]["flops"] < 0.8
+    exports = [c for c in rep["validation"]["checks"] if c["check"] == "export:onnxruntime"]
+    onnx_outputs = next(s for s in rep["stages"] if s["kind"] == "export_onnx")["details"]["outputs"]
+    assert {c["output"] for c in exports} == {o["name"] for o in onnx_outputs}  # every raw output, by its name
+    assert all(c["passed"] and c["failing_elements"] == 0 for c in exports)
+    whole = " | ".join(f["reason"] for f in shrink["details"]["left_whole"])
+    if rep["task"] == "detection":  # the head's meaning-bearing outputs are kept, and say why
+        assert any(k in whole for k in ("class scores", "box distribution bins", "box deltas")), whole
+    assert run_cli("load", out / "compressed.safetensors").exit_code == 0
+    v = run_cli("validate", out)
+    assert v.exit_code == 0, v.output
+
+
+def _wrong(case, tmp_path):
+    """The compressed model, its correct export, and the inputs, for the wrong-export cases."""
+    from otcompress.channels.fold_bn import fold_batchnorm
+    from otcompress.channels.shrink import shrink_channels
+    from otcompress.models import load
+
+    from .detectors import MEAN, STD, images
+
+    ckpt, _ = materialise(case, tmp_path / "m")
+    model = load(spec(case, ckpt))
+    example = torch.zeros(1, 3, case.size, case.size)
+    fold_batchnorm(model, example)
+    shrink_channels(model, example, "prune", sparsity=0.3, progress=False)
+    x = torch.from_numpy(images(case, 8, 4)).permute(0, 3, 1, 2).float() / 255
+    x = ((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)).numpy()
+    return model.eval(), example, x
+
+
+def _gate(reference, exported, example, x, path):
+    from otcompress.exporters.onnx import export_onnx
+    from otcompress.exporters.onnxruntime import OrtRunner
+    from otcompress.exporters.pytorch import TorchRunner
+    from otcompress.validation import Gate, validate
+
+    export_onnx(exported, example, path)
+    return validate(TorchRunner(reference, input_shape=list(example.shape)), [OrtRunner(path)], x, Gate(),
+                    original=TorchRunner(reference, input_shape=list(example.shape)))
+
+
+def test_the_detection_gate_passes_a_correct_export_and_fails_every_wrong_one(tmp_path):
+    import copy
+
+    from otcompress.channels.fold_bn import fold_batchnorm
+
+    case = DETECTORS[0]  # YOLOv8n
+    model, example, x = _wrong(case, tmp_path)
+    ok = _gate(model, model, example, x, tmp_path / "ok.onnx")
+    assert ok.passed, [c.as_dict() for c in ok.checks]
+    cases = {}
+    m = copy.deepcopy(model)  # one weight tensor perturbed by 1e-3 (relative)
+    with torch.no_grad():
+        w = m.model[2].cv1.conv.weight
+        w.mul_(1 + 1e-3 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
+    cases["perturbed weight"] = m
+    m = copy.deepcopy(model)  # two class-score channels of the head swapped
+    with torch.no_grad():
+        conv = m.model[-1].cv3[0][2]
+        conv.weight[[0, 1]] = conv.weight[[1, 0]].clone()
+        conv.bias[[0, 1]] = conv.bias[[1, 0]].clone()
+    cases["two head channels swapped"] = m
+    raw = load_unfolded(case, tmp_path)  # BatchNorm folded without its eps, as the Intra-Fusion reference does
+    ref = copy.deepcopy(raw)
+    fold_batchnorm(ref, example)
+    for mod in raw.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eps = 0.0
+    fold_batchnorm(raw, example)
+    cases["BN folded without eps"] = (ref, raw)
+    m = copy.deepcopy(model)  # a box-head output channel pruned away
+    with torch.no_grad():
+        conv = m.model[-1].cv2[0][2]
+        conv.weight = torch.nn.Parameter(conv.weight[1:].clone())
+        conv.bias = torch.nn.Parameter(conv.bias[1:].clone())
+        conv.out_channels -= 1
+    cases["a box-head output pruned"] = m
+    for name, wrong in cases.items():
+        ref, bad = wrong if isinstance(wrong, tuple) else (model, wrong)
+        try:
+            res = _gate(ref, bad, example, x, tmp_path / "bad.onnx")
+        except Exception as e:  # a pruned head output breaks the export's own head: that is a failure too
+            assert name == "a box-head output pruned", (name, e)
+            continue
+        assert not res.passed, name
+        assert any(not c for c in res.checks if c.check.startswith("export:")), name
+
+
+def load_unfolded(case, tmp_path):
+    from otcompress.models import load
+
+    ckpt = str(tmp_path / "m" / f"{case.id}.safetensors")
+    return load(spec(case, ckpt))
+
+
+def test_a_detector_that_finds_nothing_fails_the_fidelity_check(tmp_path):
+    import copy
+
+    from otcompress.exporters.pytorch import TorchRunner
+    from otcompress.validation import Gate, validate
+
+    case = DETECTORS[0]
+    model, example, x = _wrong(case, tmp_path)
+    blind = copy.deepcopy(model)
+    with torch.no_grad():
+        for conv in blind.model[-1].cv3:
+            conv[2].bias.fill_(-30.0)  # every class score ~0: nothing above any threshold
+    shape = list(example.shape)
+    fine = validate(TorchRunner(model, input_shape=shape), [], x, Gate(), original=TorchRunner(model, input_shape=shape))
+    assert fine.passed and fine.fidelity["map50_95_vs_original"] > 0.9
+    res = validate(TorchRunner(blind, input_shape=shape), [], x, Gate(), original=TorchRunner(model, input_shape=shape))
+    assert not res.passed and res.fidelity["map50_95_vs_original"] < 0.1
+
+
+def test_training_stages_refuse_detectors_before_any_work(tmp_path):
+    case = DETECTORS[0]
+    ckpt, data = materialise(case, tmp_path / "m")
+    np.savez(data / "train.npz", x=np.zeros((4, case.size, case.size, 3), np.uint8), y=np.zeros(4, np.int64))
+    text = recipe(case, ckpt, data, '[[stages]]\nkind = "dtp"\nsparsity = 0.3\n').replace(
+        "[data]\n", f'[data]\ntrain = "{data / "train.npz"}"\n')
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    res = run_cli("run", p, "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "stages[0] (dtp)" in res.output and "detection models have no training loss" in res.output
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,140 @@
+"""INT8: the quantize stage end to end on the quickstart's digits CNN (target auto and fixed), the INT8 gate
+(plan, fake-quantized reference within a few output steps, agreement with the FP32 model) passing the correct
+export and failing each wrong one (an activation scale off by 2x, a zero point shifted, per-tensor weights
+where the plan has per-channel ones, a residual add left unquantized), and the automatic fallback returning the
+sensitive layer to float."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from .conftest import QUICKSTART, run_cli
+
+QUANTIZE = '[[stages]]\nkind = "quantize"\nsamples = 128\n{extra}\n[[stages]]\nkind = "validate"\n'
+
+
+def _recipe(tmp_path, extra="", validate_keys=""):
+    shutil.copytree(QUICKSTART.parent, tmp_path / "recipes")
+    text = (tmp_path / "recipes" / "quickstart.toml").read_text()
+    text = text.replace('[[stages]]\nkind = "validate"', QUANTIZE.format(extra=extra).rstrip() + validate_keys)
+    p = tmp_path / "recipes" / "q.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("int8")
+    p = _recipe(tmp)
+    res = run_cli("run", p, "--out", tmp / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    return tmp / "out"
+
+
+def test_quantize_stage_writes_a_validated_int8_model_and_its_plan(int8_run):
+    rep = json.loads((int8_run / "report.json").read_text())
+    checks = {c["check"]: c for c in rep["validation"]["checks"]}
+    assert checks["plan:onnxruntime-int8"]["passed"] and checks["export:onnxruntime-int8"]["passed"]
+    assert checks["export:onnxruntime-int8"]["max_steps"] <= 2  # integer kernels vs fake quantization
+    assert checks["int8:onnxruntime-int8:top1_agreement"]["observed"] >= 0.98
+    q = rep["quantization"]
+    assert len(q["candidates"]) == 8 and q["settings"] in [c["settings"] for c in q["candidates"]]
+    assert all(c["speedup_vs_fp32"] > 0 for c in q["candidates"])  # target auto measured every candidate
+    assert "model.int8.onnx" in rep["files"] and "quantization.json" in rep["files"]
+    ops = {n.op_type for n in onnx.load(str(int8_run / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    res = run_cli("validate", int8_run)
+    assert res.exit_code == 0 and "plan:onnxruntime-int8" in res.output, res.output
+
+
+def _tamper(folder, tmp_path, edit):
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    proto = onnx.load(str(bad / "model.int8.onnx"))
+    edit(proto)
+    onnx.save(proto, str(bad / "model.int8.onnx"))
+    return bad
+
+
+def _first_activation_q(proto):
+    inits = {i.name for i in proto.graph.initializer}
+    return next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+                and n.input[0] != "input")
+
+
+def _set(proto, name, fn):
+    init = next(i for i in proto.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(init)), name))
+
+
+def test_the_int8_gate_fails_a_scale_off_by_two_and_a_shifted_zero_point(int8_run, tmp_path):
+    def scale(proto):
+        q = _first_activation_q(proto)
+        _set(proto, q.input[1], lambda s: (s * 2).astype(s.dtype))  # the Q and its DQ share the initializer
+
+    def zero(proto):
+        q = _first_activation_q(proto)
+        _set(proto, q.input[2], lambda z: (z.astype(np.int32) + 3).astype(z.dtype))
+
+    for name, edit in (("scale x2", scale), ("zero point + 3", zero)):
+        res = run_cli("validate", _tamper(int8_run, tmp_path / name.replace(" ", "_"), edit))
+        assert res.exit_code == 1, (name, res.output)
+        assert "FAIL plan:onnxruntime-int8" in res.output, (name, res.output)
+
+
+def test_the_int8_gate_fails_per_tensor_weights_and_an_unquantized_residual_add(int8_run, tmp_path):
+    """Files quantized otherwise (onnxruntime itself: per-tensor weights; the residual add excluded) put in place of
+    the planned one: each fails its plan check by name."""
+    from otcompress.quantize.build import quantize_model
+    from otcompress.quantize.settings import Settings
+
+    plan = json.loads((int8_run / "quantization.json").read_text())
+    s = Settings(**plan["settings"])
+    x = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    fp32 = int8_run / "model.onnx"
+    adds = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Add"]
+    assert adds  # the digits CNN's residual adds
+    variants = {"per-tensor weights": (Settings(s.calibration, s.scheme, not s.per_channel, s.reduce_range), {}),
+                "residual add unquantized": (s, {adds[0]: "test"})}
+    for name, (settings, floats) in variants.items():
+        bad = tmp_path / name.replace(" ", "_")
+        shutil.copytree(int8_run, bad)
+        quantize_model(fp32, bad / "model.int8.onnx", x, settings, {**{f["node"]: f["why"] for f in plan["float"]}, **floats},
+                       tmp_path / "ranges")
+        res = run_cli("validate", bad)
+        assert res.exit_code == 1 and "FAIL plan:onnxruntime-int8" in res.output, (name, res.output)
+
+
+def _outlier(tmp_path):
+    """One output channel of the digits CNN's conv4 made 1000x larger: per-tensor weights there round every
+    other channel of that layer to zero, so that layer is by far the most sensitive."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "recipes" / "data" / "digits_cnn.safetensors"
+    sd = load_file(str(ckpt))
+    sd["conv4.weight"][0] *= 1000.0
+    save_file(sd, str(ckpt))
+
+
+def test_the_fallback_returns_the_sensitive_layer_to_float(tmp_path):
+    p = _recipe(tmp_path, extra='target = "fixed"\nper_channel = false\nmin_agreement = 0.995')
+    _outlier(tmp_path)
+    res = run_cli("run", p, "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    q = json.loads((tmp_path / "out" / "quantization.json").read_text())
+    assert q["fallback"] and q["agreement"] >= 0.995
+    assert any("fallback" in f["why"] and f["module"] == "conv4" for f in q["float"]), q["float"]
+
+
+def test_an_int8_model_that_cannot_agree_is_refused_with_what_to_do(tmp_path):
+    p = _recipe(tmp_path, extra='target = "fixed"\nper_channel = false\nmin_agreement = 0.995\nmax_float = 0')
+    _outlier(tmp_path)
+    res = run_cli("run", p, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "max_float" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "out").exists()
