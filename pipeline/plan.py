@@ -81,8 +81,9 @@ def make_plan(recipe: Recipe) -> Plan:
         if stage.changes_model and exported:
             fail(where, spath, f"{kind} changes the model after it was exported ({', '.join(exported)}): "
                                "put the export stages after every stage that changes the model")
-        for msg in stage.check(params, recipe.model, recipe.data, facts):
-            fail(where, spath, msg)
+        for msg in stage.check(params, recipe.model, recipe.data, facts):  # a message, or (key, message)
+            key, text = msg if isinstance(msg, tuple) else (None, msg)
+            fail(where, f"{spath}.{key}" if key else spath, text)
         facts.update({f: params for f in stage.provides(params)})
         stages.append({"kind": kind, **params})
     return Plan(recipe, stages, model_needs)

@@ -97,8 +97,13 @@ def _closest(ratio_of, lo: float, hi: float, target: float, steps: int = 40) -> 
     return best
 
 
+# An allocation shares a budget among groups: fn(groups, cost, target, count_at, scores, probe) -> counts, where
+# cost.ratio(keeps) is the budget's fraction (FLOPs, or calibrated latency) left at these keep ratios, count_at(g, p)
+# the count group g keeps at sparsity p, scores(g) its channel scores, probe (model, calibration images) or None.
+
+
 @ALLOCATIONS.register("uniform")
-def uniform(groups, flops, target, count_at, scores) -> list[int]:
+def uniform(groups, flops, target, count_at, scores, probe=None) -> list[int]:
     """One sparsity for every group, chosen so the FLOPs land on the target."""
     def counts(p):
         return [count_at(g, p) for g in groups]
@@ -110,7 +115,7 @@ def uniform(groups, flops, target, count_at, scores) -> list[int]:
 
 
 @ALLOCATIONS.register("global")
-def global_threshold(groups, flops, target, count_at, scores) -> list[int]:
+def global_threshold(groups, flops, target, count_at, scores, probe=None) -> list[int]:
     """One importance threshold across groups (scores normalised per layer, as Torch-Pruning's global
     pruning does): a group keeps its channels above it, so unimportant layers shrink more."""
     s = [scores(g) for g in groups]
@@ -129,3 +134,15 @@ def check_flops(v) -> str | None:
     if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1:
         return None
     return "expected the fraction of FLOPs to keep, in (0, 1]"
+
+
+@ALLOCATIONS.register("sensitivity")
+def sensitivity(groups, cost, target, count_at, scores, probe=None) -> list[int]:
+    """Least total measured output error for the budget (channels/sensitivity.py); needs calibration images."""
+    from .sensitivity import allocate, group_errors
+
+    if probe is None:
+        raise OTCError("allocation = 'sensitivity' measures each group on calibration images: give [data].calib "
+                       "(or [data].train)")
+    model, x = probe
+    return allocate(groups, cost, target, count_at, group_errors(model, groups, x, scores))

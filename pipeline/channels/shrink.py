@@ -122,7 +122,8 @@ def slots_for(g: Group, targets: torch.Tensor) -> torch.Tensor:
 
 def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *, sparsity=0.0, round_to=1, exclude=(),
                     scope=None, data=None, flops: float | None = None, allocation: str = DEFAULT_ALLOCATION,
-                    unfolded: nn.Module | None = None, progress=True, **options) -> "Shrunk":
+                    unfolded: nn.Module | None = None, progress=True, cost=None, target: float | None = None,
+                    probe=None, **options) -> "Shrunk":
     """Shrink every channel group of `model` in place.
 
     Args:
@@ -130,6 +131,9 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
         keep: a Keep strategy, or its registered name ("prune", "intrafusion") with `options` for it.
         sparsity: fraction of channels removed per group (a number, a per-stage list or a pattern table).
         flops: instead of sparsity, the fraction of conv/linear FLOPs to keep; `allocation` shares it.
+        cost, target: instead, a cost model (cost.ratio(keeps): e.g. a calibrated latency.LatencyModel, built for
+            this model's groups) and the fraction of it to keep. probe: calibration images for allocations
+            that measure (sensitivity), run through the model before it is shrunk.
         round_to: kept counts are multiples of it where the group allows.
         exclude: producer-layer patterns left whole. scope: "all" or "internal" (the model's default).
         data: (x, y) for criteria that read data. unfolded: the model before fold_bn, scored instead.
@@ -148,11 +152,15 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
         if unfolded is not None and not keep.importance.needs_data:
             keep.measured = {g.root: keep.importance(g).double()
                              for g in GroupGraph(unfolded, example, exclude=exclude, scope=scope).groups()}
-    if flops is not None:
-        from .flops import FlopsModel
+    if flops is not None or cost is not None:
+        if cost is None:
+            from .flops import FlopsModel
 
-        counts = ALLOCATIONS[allocation](groups, FlopsModel(model, example, groups), flops,
-                                         lambda g, p: keep.count(g, p, round_to), keep.scores)
+            cost, target = FlopsModel(model, example, groups), flops
+        elif callable(cost) and not hasattr(cost, "ratio"):
+            cost = cost(groups)  # a cost model built for these groups
+        counts = ALLOCATIONS[allocation](groups, cost, target, lambda g, p: keep.count(g, p, round_to), keep.scores,
+                                         probe=(model, probe) if probe is not None else None)
     else:
         counts = [keep.count(g, p, round_to) for g, p in zip(groups, ratios_for(groups, sparsity))]
     plans = [(g, *keep.plan(g, m)) for g, m in zip(groups, counts) if m < g.n]

@@ -39,6 +39,14 @@ def run_dtp(ctx, p: dict) -> dict:
     graph = GroupGraph(model.eval(), ctx.example, exclude=p["exclude"], scope=p["scope"])
     groups = graph.groups()
     flops_model = FlopsModel(model, ctx.example, groups)
+    latency = None
+    if p.get("latency") is not None:  # a latency target as the FLOPs budget that lands on it at uniform keep
+        p = dict(p, flops=latency_flops(model, ctx.example, groups, flops_model, p))
+        latency = {"target": p["latency"], "flops_budget": p["flops"]}
+    if p["round_to"] == "auto":
+        from ..channels.latency import LayerTable, fast_multiple
+
+        p = dict(p, round_to=fast_multiple(LayerTable(p["latency_threads"], p["latency_batch"]), model, ctx.example))
     budget = p["flops"] is not None
     if budget:
         sel = list(range(len(groups)))
@@ -156,6 +164,27 @@ def run_dtp(ctx, p: dict) -> dict:
     model.cpu().eval()
     if distributed:
         torch.distributed.barrier()
-    return {"groups": [{"group": k, "before": next(g.n for g in groups if g.root == k), "after": len(v),
+    if latency is not None:
+        from ..channels.latency import measure_model
+
+        latency["measured"] = measure_model(model, ctx.example, p["latency_threads"], p["latency_batch"]) / latency["dense_ms"]
+        latency["miss"] = latency["measured"] / latency["target"] - 1
+    return {"latency": latency, "groups": [{"group": k, "before": next(g.n for g in groups if g.root == k), "after": len(v),
                         "layers": next(g.layers for g in groups if g.root == k), "fused": False} for k, v in keep.items()],
             "history": history, "device": device, "world_size": world}
+
+
+def latency_flops(model, example, groups, flops_model, p) -> float:
+    """The FLOPs fraction whose uniform keep the calibrated latency model puts at the latency target."""
+    from ..channels.latency import LayerTable, calibrated, measure_model
+
+    table = LayerTable(p["latency_threads"], p["latency_batch"])
+    dense = measure_model(model, example, p["latency_threads"], p["latency_batch"])
+    lm = calibrated(model, example, groups, table, dense, p["latency_threads"], p["latency_batch"],
+                    exclude=p["exclude"], scope=p["scope"])
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(lm.ratio([mid] * len(groups))) < p["latency"] else (lo, mid)
+    p["_dense_ms"] = dense
+    return float(flops_model.ratio([hi] * len(groups)))

@@ -47,7 +47,8 @@ class Stage:
 
     def check(self, params: dict, model: dict, data: dict | None, facts: dict) -> list[str]:
         """Value checks that need more than one key, or earlier stages' settings (`facts` maps each fact
-        provided so far to the params of the stage that provided it)."""
+        provided so far to the params of the stage that provided it). Each problem is a message, or (key, message)
+        where one key is at fault."""
         return []
 
     def apply(self, ctx, params: dict) -> dict:

@@ -1,5 +1,7 @@
 """Stages `prune` and `intrafusion`: shrink CNN channel groups physically, with a keep strategy each
-(magnitude top-k, or optimal-transport fusion)."""
+(magnitude top-k, or optimal-transport fusion), to a sparsity, a FLOPs target or a measured-latency target."""
+
+import copy
 
 from ..channels.allocation import ALLOCATIONS, DEFAULT_ALLOCATION, check_flops, check_sparsity
 from ..channels.fusion import FUSIONS, OT_DEFAULTS
@@ -19,10 +21,18 @@ COMMON = {
     "sparsity": Field((float, list, dict), check=check_sparsity,
                       help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
     "flops": Field((float,), check=check_flops, help="the fraction of FLOPs to keep, in (0, 1] (instead of sparsity)"),
+    "latency": Field((float,), check=lambda v: None if 0 < v <= 1 else "expected the fraction of the latency to keep, in (0, 1]",
+                     help="the fraction of the measured onnxruntime CPU latency to keep, in (0, 1] (instead of "
+                          "sparsity or flops)"),
+    "latency_threads": Field((int,), default=2, lo=1, help="onnxruntime threads the latency is measured with"),
+    "latency_batch": Field((int,), default=1, lo=1, help="the batch the latency is measured at"),
     "allocation": Field((str,), default=DEFAULT_ALLOCATION, choices=ALLOCATIONS,
-                        help="how a flops target is shared among groups: 'uniform' (one sparsity) or 'global' "
-                             "(one importance threshold)"),
-    "round_to": Field((int,), default=1, lo=1, help="a positive integer (kept counts are multiples of it)"),
+                        help="how a flops or latency target is shared among groups: 'uniform' (one sparsity), "
+                             "'global' (one importance threshold) or 'sensitivity' (least measured output error, "
+                             "on calibration images)"),
+    "round_to": Field((int, str), default=1, check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
+                      else "expected a positive integer or 'auto'",
+                      help="kept counts are multiples of it; 'auto': the multiple the latency table shows fast here"),
     "exclude": Field((list,), default=[], check=_patterns),
     "importance": Field((str,), default=DEFAULT_IMPORTANCE, choices=IMPORTANCE),
     "scope": Field((str,), choices=("all", "internal"),
@@ -48,6 +58,8 @@ class Prune(Stage):
     def needs(self, params):
         imp = params["importance"]
         needs = {"model.channels": ""}
+        if params["allocation"] == "sensitivity":
+            needs["data.calib"] = "allocation = 'sensitivity' measures each group on calibration images"
         if IMPORTANCE[imp].needs_data:
             needs.update({"data.any": f"importance = {imp!r} reads data", "model.trainable": f"importance = {imp!r} "
                           "takes gradients of a classification loss"})
@@ -57,8 +69,11 @@ class Prune(Stage):
         return {"shrunk"}
 
     def check(self, params, model, data, facts):
-        if (params["sparsity"] is None) == (params["flops"] is None):
-            return ["give exactly one of sparsity (fraction of channels removed) or flops (fraction of FLOPs kept)"]
+        if sum(params[k] is not None for k in ("sparsity", "flops", "latency")) != 1:
+            return ["give exactly one of sparsity (fraction of channels removed), flops (fraction of FLOPs kept) or "
+                    "latency (fraction of the measured latency kept)"]
+        if params["allocation"] == "sensitivity" and params["sparsity"] is not None:
+            return [("allocation", "'sensitivity' shares a flops or latency budget; give flops or latency")]
         return []
 
     def apply(self, ctx, params):
@@ -69,13 +84,64 @@ class Prune(Stage):
             data = (ctx.normalise(ds, idx), ds.y[idx] if ds.y is not None else None)
         keep = STRATEGIES[self.kind](importance=params["importance"], **{k: params[k] for k in self.strategy_keys})
         unfolded = ctx.original if ctx.folded and not ctx.channel_maps else None  # importance before folding
-        groups = shrink_channels(ctx.model, ctx.example, keep, sparsity=params["sparsity"] or 0.0,
-                                 flops=params["flops"], allocation=params["allocation"], round_to=params["round_to"],
-                                 exclude=params["exclude"], scope=params["scope"], data=data, unfolded=unfolded,
-                                 progress=ctx.progress)
-        nothing_to_do(self.kind, params["sparsity"] if params["flops"] is None else 1 - params["flops"], groups)
+        probe = ctx.calibration(128, 0) if params["allocation"] == "sensitivity" else None
+        table = None
+        if params["latency"] is not None or params["round_to"] == "auto":
+            from ..channels.latency import LayerTable, fast_multiple
+
+            table = LayerTable(threads=params["latency_threads"], batch=params["latency_batch"])
+        round_to = fast_multiple(table, ctx.model, ctx.example) if params["round_to"] == "auto" else params["round_to"]
+        shrink = dict(keep=keep, sparsity=params["sparsity"] or 0.0, flops=params["flops"], allocation=params["allocation"],
+                      round_to=round_to, exclude=params["exclude"], scope=params["scope"], data=data, unfolded=unfolded,
+                      progress=ctx.progress, probe=probe)
+        details = {}
+        if params["latency"] is not None:
+            groups, details = self.to_latency(ctx, params, table, shrink)
+        else:
+            groups = shrink_channels(ctx.model, ctx.example, **shrink)
+        nothing_to_do(self.kind, params["sparsity"] if params["sparsity"] is not None else 0.5, groups)
         ctx.record_shrink(groups.maps)
-        return {"groups": list(groups), "left_whole": groups.left_whole}
+        return {"groups": list(groups), "left_whole": groups.left_whole, "round_to": round_to, **details}
+
+    def to_latency(self, ctx, params, table, shrink, tolerance: float = 0.05, attempts: int = 3):
+        """Shrink to a measured-latency target: allocate by the calibrated table (channels/latency.py), measure
+        the result, and where it misses by more than `tolerance` (relative), allocate again to a corrected target
+        from the unshrunk model. The report gives predicted and measured latency for every attempt."""
+        from ..channels.latency import calibrated, measure_model
+
+        opts = dict(threads=params["latency_threads"], batch=params["latency_batch"])
+        before = copy.deepcopy(ctx.model)
+        dense_ms = measure_model(before, ctx.example, **opts)
+        models: dict = {}
+
+        def cost(groups):
+            key = tuple(g.root for g in groups)
+            if key not in models:
+                models[key] = calibrated(before, ctx.example, groups, table, dense_ms, **opts, exclude=params["exclude"],
+                                         scope=params["scope"], round_to=shrink["round_to"])
+            return models[key]
+
+        target, tries, best = params["latency"], [], None
+        for attempt in range(attempts):
+            model = ctx.model if attempt == 0 else copy.deepcopy(before)
+            groups = shrink_channels(model, ctx.example, cost=cost, target=target, **shrink)
+            (roots, lm), = models.items()
+            keeps = {r["group"]: r["after"] / r["before"] for r in groups}
+            predicted = float(lm.ratio([keeps.get(root, 1.0) for root in roots]))
+            measured = measure_model(model, ctx.example, **opts) / dense_ms
+            tries.append({"target": target, "predicted": predicted, "measured": measured})
+            if best is None or abs(measured - params["latency"]) < abs(best[2] - params["latency"]):
+                best = (model, groups, measured)
+            if abs(measured - params["latency"]) <= tolerance * params["latency"]:
+                break
+            target = max(0.02, min(1.0, target * params["latency"] / measured))  # aim off by the miss
+        model, groups, measured = best
+        ctx.model = model
+        miss = measured / params["latency"] - 1
+        return groups, {"latency": {"target": params["latency"], "measured": measured, "miss": miss,
+                                    "dense_ms": dense_ms, "ms": dense_ms * measured, "attempts": tries,
+                                    "threads": opts["threads"], "batch": opts["batch"], "table": str(table.path),
+                                    "within_10_percent": abs(miss) <= 0.10}}
 
 
 class IntraFusion(Prune):

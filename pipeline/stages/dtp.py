@@ -16,7 +16,8 @@ class DTP(Stage):
     kind = "dtp"
     trains = True
     fields = {
-        **{k: v for k, v in COMMON.items() if k not in ("sparsity", "flops", "allocation")},
+        **{k: v for k, v in COMMON.items() if k not in ("sparsity", "flops", "allocation", "round_to")},
+        "round_to": COMMON["round_to"],
         "sparsity": Field((float, list, dict), check=check_sparsity,
                           help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
         "flops": Field((float,), lo=0.01, hi=1.0, help="a fraction in (0, 1] of the original FLOPs to keep"),
@@ -35,8 +36,9 @@ class DTP(Stage):
 
     def check(self, params, model, data, facts):
         errs = labelled(data)
-        if (params["sparsity"] is None) == (params["flops"] is None):
-            errs.append("give exactly one of sparsity (per-group keep ratios) or flops (fraction of FLOPs to keep)")
+        if sum(params[k] is not None for k in ("sparsity", "flops", "latency")) != 1:
+            errs.append("give exactly one of sparsity (per-group keep ratios), flops (fraction of FLOPs to keep) or "
+                        "latency (fraction of the measured latency to keep)")
         if params["device"] == "cuda" and not torch.cuda.is_available():
             errs.append("device = 'cuda' but CUDA is not available here (use 'auto' or 'cpu')")
         return errs

@@ -7,10 +7,10 @@ from .base import Stage
 
 
 def _keep(v):
-    ok = lambda k: isinstance(k, (int, float)) and not isinstance(k, bool) and 0.5 <= k <= 1.0  # noqa: E731
+    ok = lambda k: isinstance(k, (int, float)) and not isinstance(k, bool) and 0.0 < k <= 1.0  # noqa: E731
     if ok(v) or (isinstance(v, list) and v and all(ok(k) for k in v)):
         return None
-    return "expected a fraction of tokens kept per block in [0.5, 1] (or a list, one per block)"
+    return "expected a fraction of tokens kept per block in (0, 1] (or a list, one per block)"
 
 
 def _blocks(v):
@@ -22,7 +22,8 @@ class Tokens(Stage):
     kind = "tokens"
     base_fields = {
         "method": Field((str,), required=True, choices=METHODS),
-        "keep": Field((float, list), check=_keep, help="a fraction in [0.5, 1] kept per block, or a per-block list"),
+        "keep": Field((float, list), check=_keep, help="a fraction kept per block (ToMe and PiToMe: in [0.5, 1]), or a "
+                                                        "per-block list"),
         "r": Field((int,), lo=0, help="tokens removed per block (ToMe's r)"),
         "prop_attn": Field((bool,), default=True),
         "blocks": Field((list,), check=_blocks, help="a list of block indices that reduce (default all; [] none)"),
@@ -48,6 +49,10 @@ class Tokens(Stage):
     def check(self, params, model, data, facts):
         if (params["keep"] is None) == (params["r"] is None):
             return ["give exactly one of keep (fraction kept per block) or r (tokens removed per block)"]
+        keeps = params["keep"] if isinstance(params["keep"], list) else [params["keep"]] if params["keep"] else []
+        if METHODS[params["method"]].bipartite and any(k < 0.5 for k in keeps):
+            return [("keep", f"got {params['keep']!r}; {params['method']} pairs tokens, so a block keeps at least half "
+                             "of them: expected a fraction in [0.5, 1]")]
         return []
 
     def apply(self, ctx, params):

@@ -60,19 +60,20 @@ def tome(metric: torch.Tensor, r: int) -> torch.Tensor:
         torch.cat([torch.stack([a_dest[:, :-1], b_dest], dim=-1).flatten(1), a_dest[:, -1:]], dim=1)
 
 
-def energy(metric: torch.Tensor, margin: float, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PiToMe's energy (Eq. 4): mean over j of f_m(cos(k_i, k_j)), f_m(x) = x above the margin and
-    alpha*(exp(x - m) - 1) below. (The public code uses ELU(x - m), i.e. x - m above the margin.)"""
+def energy(metric: torch.Tensor, margin: float, alpha: float, form: str = "paper") -> tuple[torch.Tensor, torch.Tensor]:
+    """PiToMe's energy: mean over j of f_m(cos(k_i, k_j)). "paper" (Eq. 4): f_m(x) = x above the margin and
+    alpha*(exp(x - m) - 1) below; "elu" (the public code): ELU(x - m), i.e. x - m above the margin."""
     sim = _cosine(metric)
-    f = torch.where(sim >= margin, sim, alpha * (torch.exp(sim - margin) - 1))
+    above = sim if form == "paper" else sim - margin
+    f = torch.where(sim >= margin, above, alpha * (torch.exp(sim - margin) - 1))
     return f.mean(dim=-1), sim
 
 
-def pitome(metric: torch.Tensor, r: int, margin: float = 0.9, alpha: float = 1.0) -> torch.Tensor:
+def pitome(metric: torch.Tensor, r: int, margin: float = 0.9, alpha: float = 1.0, form: str = "paper") -> torch.Tensor:
     """PiToMe: the 2r highest-energy tokens are mergeable, A/B alternating along the energy order, each A
     merging into its best B; the rest are protected. Slots: protected (energy order), then the B tokens."""
     n = metric.shape[1]
-    e, sim = energy(metric, margin, alpha)
+    e, sim = energy(metric, margin, alpha, form)
     rank = ranks_desc(e)
     is_b = (rank < 2 * r) & (rank % 2 == 1)
     is_a = (rank < 2 * r) & (rank % 2 == 0)
@@ -140,17 +141,21 @@ class Method:
     plan: Callable[..., torch.Tensor]
     drops: Callable[[dict], bool] = lambda cfg: False
     fields: dict = field(default_factory=dict)
+    bipartite: bool = True  # pairs tokens: at most half of a block's tokens can go (ToMe, PiToMe); else any but one
 
 
 METHODS = Registry("token method")
 METHODS.register("tome", Method(lambda metric, r, cfg, layer, depth: tome(metric, r)))
 METHODS.register("pitome", Method(
     lambda metric, r, cfg, layer, depth: pitome(metric, r, margin=cfg["margin"] - cfg["margin"] * layer / depth,
-                                                alpha=cfg["alpha"]),
-    fields={"margin": Field((float,), default=0.9, lo=0.0, hi=1.0, help="PiToMe's m0 (margin m_l = m0 - m0*l/L)"),
-            "alpha": Field((float,), default=1.0, lo=0.0)}))
+                                                alpha=cfg["alpha"], form=cfg["energy"]),
+    fields={"margin": Field((float,), default=0.9, lo=0.0, hi=1.0, help="PiToMe's m0 (margin m_l = m0 - m0*l/L; the "
+                                                                        "public code uses 0.75 for DeiT, 0.9 otherwise)"),
+            "alpha": Field((float,), default=1.0, lo=0.0),
+            "energy": Field((str,), default="paper", choices=("paper", "elu"),
+                            help="'paper' (x above the margin, Eq. 4) or 'elu' (ELU(x - m), the public code)")}))
 METHODS.register("otprune", Method(
     lambda metric, r, cfg, layer, depth: otprune(metric, metric.shape[1] - r, gamma=cfg["gamma"], mode=cfg["mode"]),
-    drops=lambda cfg: cfg["mode"] == "drop",
+    drops=lambda cfg: cfg["mode"] == "drop", bipartite=False,
     fields={"gamma": Field((float,), default=0.01, lo=0.0, help="OTPrune kernel scale (K = I + gamma*S*S^T)"),
             "mode": Field((str,), default="drop", choices=("drop", "merge"))}))

@@ -38,6 +38,7 @@ def schedule(n_patches: int, depth: int, cfg: dict) -> list[int]:
     keep, r_const = cfg.get("keep"), cfg.get("r")
     if isinstance(keep, list) and len(keep) != depth:
         raise OTCError(f"tokens.keep: list has {len(keep)} entries; the model has {depth} blocks")
+    bipartite = M.METHODS[cfg["method"]].bipartite
     rs, n = [], n_patches
     for layer in range(depth):
         if layer not in blocks:
@@ -47,7 +48,7 @@ def schedule(n_patches: int, depth: int, cfg: dict) -> list[int]:
         else:
             k = keep[layer] if isinstance(keep, list) else keep
             r = n - int(round(k * n))
-        r = max(0, min(r, n // 2))  # bipartite matching can merge at most half the tokens
+        r = max(0, min(r, n // 2 if bipartite else n - 1))  # bipartite matching merges at most half the tokens
         rs.append(r)
         n -= r
     return rs

@@ -1,0 +1,257 @@
+"""Budgets in measured latency (HALP-style): every conv/linear layer of the model is timed alone on the target
+runtime (onnxruntime CPU: a one-node ONNX model at the layer's own geometry, batch and threads) at a grid of
+input and output channel counts, the table cached per machine and reused by every run and sweep; a model's
+latency at given keep ratios is predicted from it (bilinear between grid points) and calibrated on two
+measurements of the whole model (dense, and uniformly shrunk), since a graph is not the sum of its ops
+(fusions, memory, the ops between the layers). The prediction drives the allocation; the shrunk model is then
+measured, and the report states both.
+
+round_to = "auto" takes the channel multiple the table shows to be fast on this machine (onnxruntime's CPU
+kernels pack channels in blocks: counts off the block cost a partial block)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .flops import FlopsModel
+from .groups import CONV, Group, is_depthwise
+
+GRID = (0.25, 0.5, 0.75, 1.0)  # kept fractions at which every layer is timed
+CACHE = Path(os.environ.get("OTC_LATENCY_CACHE", Path.home() / ".cache" / "otcompress" / "latency"))
+
+
+def machine() -> str:
+    """What the table is valid for: CPU model, cores, onnxruntime version."""
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu} | {os.cpu_count()} cpus | onnxruntime {onnxruntime.__version__}"
+
+
+class LayerTable:
+    """Median onnxruntime latency of one layer alone at given channel counts, measured on demand and cached
+    (one JSON file per machine, threads and batch)."""
+
+    def __init__(self, threads: int = 2, batch: int = 1, runs: int = 20, cache: Path | None = None):
+        self.threads, self.batch, self.runs = threads, batch, runs
+        key = hashlib.sha256(f"{machine()}|{threads}|{batch}".encode()).hexdigest()[:16]
+        self.path = (cache or CACHE) / f"{key}.json"
+        self.data: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.measured = 0
+
+    def ms(self, spec: dict, cin: int, cout: int) -> float:
+        key = json.dumps([spec, cin, cout], sort_keys=True)
+        if key not in self.data:
+            self.data[key] = _time_layer(spec, cin, cout, self.batch, self.threads, self.runs)
+            self.measured += 1
+        return self.data[key]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data))
+        os.replace(tmp, self.path)
+
+
+def _time_layer(spec: dict, cin: int, cout: int, batch: int, threads: int, runs: int) -> float:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if spec["op"] == "Conv":
+        groups = cin if spec["depthwise"] else 1
+        cout = cin if spec["depthwise"] else cout
+        w = rng.standard_normal((cout, cin // groups, *spec["kernel"])).astype(np.float32)
+        shape = [batch, cin, *spec["hw"]]
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=spec["kernel"], strides=spec["stride"],
+                                pads=spec["pads"], dilations=spec["dilation"], group=groups)
+    else:
+        w = rng.standard_normal((cin, cout)).astype(np.float32)
+        shape = [batch, *spec["lead"], cin]
+        node = helper.make_node("MatMul", ["x", "w"], ["y0"])
+    b = rng.standard_normal(cout).astype(np.float32)
+    nodes = [node] if spec["op"] == "Conv" else [node, helper.make_node("Add", ["y0", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.log_severity_level = threads, 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal(shape).astype(np.float32)
+    for _ in range(3):
+        sess.run(None, {"x": x})
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {"x": x})
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ts)
+
+
+def layer_specs(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
+    """Each conv/linear layer's geometry at the example's shape (its input's spatial size, kernel, stride, ...)."""
+    names = {m: n for n, m in model.named_modules()}
+    out = {}
+
+    def hook(m, inp, o):
+        x = inp[0]
+        if isinstance(m, CONV):
+            if m.groups > 1 and not is_depthwise(m) or m.weight.dim() != 4 or isinstance(m, nn.modules.conv._ConvTransposeNd):
+                out[names[m]] = {"op": "fixed", "ms": None}
+                return
+            pads = list(m.padding) * 2 if not isinstance(m.padding, str) else [0, 0, 0, 0]
+            out[names[m]] = {"op": "Conv", "kernel": list(m.kernel_size), "stride": list(m.stride), "pads": pads,
+                             "dilation": list(m.dilation), "hw": list(x.shape[2:]), "depthwise": is_depthwise(m)}
+        else:
+            out[names[m]] = {"op": "Linear", "lead": list(x.shape[1:-1])}
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (CONV, nn.Linear))]
+    with torch.no_grad():
+        model(example)
+    for h in hs:
+        h.remove()
+    return out
+
+
+class LatencyModel(FlopsModel):
+    """Predicted latency as a function of each group's keep ratio (the same per-layer input/output shares as
+    FlopsModel), calibrated to measurements: ratio(keeps) is the fraction of the measured dense latency."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, groups: list[Group], table: LayerTable):
+        super().__init__(model, example, groups)
+        specs = layer_specs(model, example)
+        mods = dict(model.named_modules())
+        self.layers = []
+        for name in self.base:
+            m, spec = mods[name], specs.get(name)
+            if spec is None or spec["op"] == "fixed":
+                continue
+            cin = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            cout = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            grid = np.array([[table.ms(spec, max(1, round(fi * cin)), max(1, round(fo * cout))) for fo in GRID]
+                             for fi in GRID])
+            self.layers.append((list(self.base).index(name), grid, spec["op"] == "Conv" and spec["depthwise"]))
+        table.save()
+        self.alpha, self.beta, self.dense_ms = 1.0, 0.0, self.predicted_ms(None)
+        self.measured_dense_ms = self.dense_ms
+
+    def predicted_ms(self, keep) -> float:
+        """Sum of the layers' table latencies at these keep ratios (None: dense), calibrated."""
+        if keep is None:
+            fin = fout = np.ones(len(self.base))
+        else:
+            k = np.concatenate([np.asarray(keep, dtype=np.float64), [1.0]])
+            fin, fout = self.a_in.numpy() @ k, self.a_out.numpy() @ k
+        total = 0.0
+        for row, grid, depthwise in self.layers:
+            i, o = (fout[row], fout[row]) if depthwise else (fin[row], fout[row])
+            total += _bilinear(grid, i, o)
+        return self.alpha * total + self.beta
+
+    def calibrate(self, points: list[tuple[list[float] | None, float]]) -> None:
+        """Fit measured = alpha * predicted + beta to measured (keeps, ms) points of the whole model."""
+        self.alpha, self.beta = 1.0, 0.0
+        pred = np.array([self.predicted_ms(k) for k, _ in points])
+        meas = np.array([m for _, m in points])
+        if len(points) >= 2 and np.ptp(pred) > 0:
+            self.alpha, self.beta = np.polyfit(pred, meas, 1)
+            self.alpha = max(float(self.alpha), 1e-3)
+        elif len(points) == 1:
+            self.alpha = float(meas[0] / pred[0])
+        self.measured_dense_ms = float(dict((k is None, m) for k, m in points).get(True, self.predicted_ms(None)))
+
+    def ratio(self, keep) -> torch.Tensor:
+        k = keep.detach().cpu().numpy() if isinstance(keep, torch.Tensor) else keep
+        return torch.tensor(self.predicted_ms(list(k)) / self.measured_dense_ms, dtype=torch.float64)
+
+
+def _bilinear(grid: np.ndarray, fi: float, fo: float) -> float:
+    """grid[i][o] at GRID fractions, interpolated (linearly extrapolated below the first point)."""
+    g = np.asarray(GRID)
+
+    def locate(f):
+        j = int(np.clip(np.searchsorted(g, f) - 1, 0, len(g) - 2))
+        return j, (f - g[j]) / (g[j + 1] - g[j])
+
+    i, ti = locate(fi)
+    o, to = locate(fo)
+    top = grid[i, o] * (1 - to) + grid[i, o + 1] * to
+    bottom = grid[i + 1, o] * (1 - to) + grid[i + 1, o + 1] * to
+    return float(max(top * (1 - ti) + bottom * ti, 0.0))
+
+
+def measure_model(model: nn.Module, example: torch.Tensor, threads: int = 2, batch: int = 1, runs: int = 30,
+                  rounds: int = 3) -> float:
+    """The whole model's median onnxruntime CPU latency (ms) at `batch` (exported once, timed in rounds)."""
+    from otcompress.exporters.onnx import export_onnx
+    from otcompress.exporters.onnxruntime import OrtRunner
+
+    with tempfile.TemporaryDirectory() as td:
+        path = Path(td) / "m.onnx"
+        export_onnx(model, torch.zeros((batch, *example.shape[1:])), path)
+        x = np.random.default_rng(0).standard_normal((batch, *example.shape[1:])).astype(np.float32)
+        with OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads) as r:
+            for _ in range(5):
+                r.infer(x)
+            meds = []
+            for _ in range(rounds):
+                ts = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    r.infer(x)
+                    ts.append(time.perf_counter() - t0)
+                meds.append(statistics.median(ts))
+    return 1e3 * statistics.median(meds)
+
+
+def fast_multiple(table: LayerTable, model: nn.Module, example: torch.Tensor, candidates=(1, 4, 8, 16)) -> int:
+    """round_to = "auto": the smallest channel multiple whose counts the table shows within 3% of the fastest,
+    on the model's widest dense conv layers at about two thirds of their width."""
+    specs = layer_specs(model, example)
+    mods = dict(model.named_modules())
+    convs = sorted(((m.in_channels * m.out_channels, n) for n, m in mods.items()
+                    if isinstance(m, CONV) and specs.get(n, {}).get("op") == "Conv" and not specs[n]["depthwise"]),
+                   reverse=True)[:3]
+    if not convs:
+        return 1
+    cost = {c: 0.0 for c in candidates}
+    for _, n in convs:
+        m = mods[n]
+        target = max(16, int(m.out_channels * 0.66))
+        for c in candidates:
+            near = [max(c, (target // c) * c + d * c) for d in (0, 1)]
+            cost[c] += min(table.ms(specs[n], m.in_channels, k) / k for k in near)  # ms per kept channel
+    table.save()
+    best = min(cost.values())
+    return next(c for c in candidates if cost[c] <= 1.03 * best)
+
+
+def calibrated(model: nn.Module, example: torch.Tensor, groups: list[Group], table: LayerTable, dense_ms: float,
+               threads: int, batch: int, **shrink) -> LatencyModel:
+    """A LatencyModel for `groups` of the (unshrunk) model, calibrated on the dense model's measured latency and on
+    a copy pruned uniformly to half its channels, measured too."""
+    import copy
+
+    from .shrink import shrink_channels
+
+    lm = LatencyModel(model, example, groups, table)
+    half = copy.deepcopy(model)
+    rec = shrink_channels(half, example, "prune", sparsity=0.5, progress=False, **shrink)
+    after = {r["group"]: r["after"] / r["before"] for r in rec}
+    lm.calibrate([(None, dense_ms), ([after.get(g.root, 1.0) for g in groups],
+                                     measure_model(half, example, threads=threads, batch=batch))])
+    return lm
