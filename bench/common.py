@@ -59,6 +59,21 @@ def save(name: str, obj) -> Path:
     return p
 
 
+def interleaved_latency(files: list[Path], shape: list[int], rounds: int = 5, runs: int = 10, threads: int = 2) -> list[dict]:
+    """Median-of-rounds onnxruntime CPU latency (ms, batch 1 and 32) per file, every file once per round, so
+    a shared machine's drift hits every file alike."""
+    import statistics
+
+    from otcompress.quantize.search import latency
+
+    lat = [[] for _ in files]
+    for _ in range(rounds):
+        for i, path in enumerate(files):
+            lat[i].append(latency(path, shape, threads=threads, runs=runs))
+    return [{"latency_b1_ms": statistics.median(r["b1"] for r in ls), "latency_b32_ms": statistics.median(r["b32"] for r in ls)}
+            for ls in lat]
+
+
 def merge_share(model, x, reps: int = 1) -> dict:
     """Time spent in `reduce_tokens` and in the transformer blocks over `reps` forwards after one warm-up:
     CUDA events on a GPU, perf_counter on the CPU (which runs every call synchronously). Medians, in ms."""

@@ -1,9 +1,12 @@
 """Detection benchmark: the YOLOv8n trained on CIFAR-10 canvases (bench/train_detector.py), at 70% and 50% of
-its FLOPs: otcompress prune and Intra-Fusion, data-free and with `repair` (512 unlabeled calibration canvases),
+its FLOPs: otcompress prune and Intra-Fusion, data-free, with `repair` (512 unlabeled calibration canvases), and
+allocated by measured sensitivity (`allocation = "sensitivity"`, the same canvases) then repaired, all with
+`round_to = "auto"`,
 against Torch-Pruning's own YOLOv8 recipe at the same FLOPs (every C2f replaced by a C2f whose split is two
 convolutions, the Detect head ignored, MagnitudePruner with L2 magnitude, pruned in steps until the FLOPs are
 reached; no fine-tuning for anyone). Each: mAP50-95 against the original's detections (pseudo ground truth),
-true mAP50-95 / mAP50 on the canvases' labels, ONNX size and onnxruntime CPU latency. Side by side in one run;
+true mAP50-95 / mAP50 on the canvases' labels, ONNX size and onnxruntime CPU latency (2 threads, every file
+once per round, median of rounds). Side by side in one run;
 `bench/results/detection.json`, `detection.png`, the README table.
 
     .venv/bin/python bench/detection.py [--limit 1000]
@@ -23,8 +26,11 @@ import torch
 import torch.nn as nn
 
 from canvas import CACHE, SIZE, sets
-from common import ROOT, SHARED, save
+from common import ROOT, SHARED, interleaved_latency, save
 
+# (channel stage, allocation, repair): data-free, repaired, and allocated by measured sensitivity then repaired
+VARIANTS = [("prune", "uniform", False), ("intrafusion", "uniform", False), ("prune", "uniform", True),
+            ("intrafusion", "uniform", True), ("prune", "sensitivity", True), ("intrafusion", "sensitivity", True)]
 SPEC = {"arch": "ultralytics:yolov8n.yaml", "args": {"num_classes": 10}, "input_shape": [1, 3, SIZE, SIZE]}
 DATA_NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}  # ultralytics models take 0..1 images
 
@@ -55,14 +61,13 @@ def score(model, x, labels, original_dets) -> dict:
             "map50": truth["map_50"]}
 
 
-def onnx_row(model, tmp: Path, runs: int = 20) -> dict:
+def onnx_row(model, tmp: Path) -> dict:
+    """Exported now (dynamic batch), timed later with every other row's file (interleaved)."""
     from otcompress.exporters.onnx import export_onnx
-    from otcompress.quantize.search import latency
 
     path = tmp / f"m{time.perf_counter_ns()}.onnx"
     export_onnx(model, torch.zeros(1, 3, SIZE, SIZE), path, dynamic_batch=True)
-    lat = latency(path, [1, 3, SIZE, SIZE], threads=2, runs=runs)
-    return {"onnx_mb": path.stat().st_size / 1e6, "latency_b1_ms": lat["b1"], "latency_b32_ms": lat["b32"]}
+    return {"onnx_mb": path.stat().st_size / 1e6, "onnx": path}
 
 
 # ---- Torch-Pruning's YOLOv8 recipe -------------------------------------------------------------------
@@ -124,6 +129,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--targets", default="0.7,0.5")
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     import otcompress
     from otcompress.metrics import count_flops
@@ -146,19 +152,21 @@ def main():
         rows.append({"method": "original", "flops": 1.0, **score(original, x, labels, orig_dets), **onnx_row(original, td)})
         print(rows[-1], flush=True)
         for target in [float(t) for t in args.targets.split(",")]:
-            for channel in ("prune", "intrafusion"):
-                for repair in (False, True):
-                    stages = [{"kind": "fold_bn"}, {"kind": channel, "flops": target}]
-                    if repair:
-                        stages.append({"kind": "repair", "samples": 512})
-                    t0 = time.perf_counter()
-                    small, rep = otcompress.compress(original, SPEC["input_shape"], stages, data=data, name="det",
-                                                     source=SPEC["arch"], args=SPEC["args"], checkpoint=str(ckpt))
-                    rows.append({"method": channel + (" + repair" if repair else ""), "target": target,
-                                 "flops": count_flops(small, SPEC["input_shape"]) / f0,
-                                 "seconds": time.perf_counter() - t0, **score(small, x, labels, orig_dets),
-                                 **onnx_row(small, td)})
-                    print(rows[-1], flush=True)
+            for channel, allocation, repair in VARIANTS:
+                stages = [{"kind": "fold_bn"}, {"kind": channel, "flops": target, "allocation": allocation,
+                                                 "round_to": "auto"}]
+                if repair:
+                    stages.append({"kind": "repair", "samples": 512})
+                t0 = time.perf_counter()
+                small, rep = otcompress.compress(original, SPEC["input_shape"], stages, data=data, name="det",
+                                                 source=SPEC["arch"], args=SPEC["args"], checkpoint=str(ckpt))
+                shrink = next(s for s in rep["stages"] if s["kind"] == channel)["details"]
+                rows.append({"method": channel + ("" if allocation == "uniform" else f", {allocation}")
+                             + (" + repair" if repair else ""), "target": target, "round_to": shrink["round_to"],
+                             "flops": count_flops(small, SPEC["input_shape"]) / f0,
+                             "seconds": time.perf_counter() - t0, **score(small, x, labels, orig_dets),
+                             **onnx_row(small, td)})
+                print(rows[-1], flush=True)
             tasks = __import__("otcompress.models.ultralytics", fromlist=["_import"])._import()
             raw = tasks.DetectionModel("yolov8n.yaml", nc=10, verbose=False)
             from otcompress.models.checkpoint import load_weights, read_state_dict
@@ -172,6 +180,8 @@ def main():
                          "seconds": time.perf_counter() - t0, **score(tp_model, x, labels, orig_dets),
                          **onnx_row(tp_model, td)})
             print(rows[-1], flush=True)
+        for r, lat in zip(rows, interleaved_latency([r.pop("onnx") for r in rows], [1, 3, SIZE, SIZE], args.rounds)):
+            r.update(lat)
     card = json.loads(ckpt.with_suffix(".json").read_text()) if ckpt.with_suffix(".json").exists() else {}
     res = {"model": "yolov8n (canvas-trained)", "images": len(x), "training": {k: card.get(k) for k in
            ("steps", "minutes", "images", "test_map50_95", "test_map50")}, "rows": rows}
@@ -188,10 +198,10 @@ def main():
 
 
 def markdown(res: dict) -> str:
-    lines = ["| method | FLOPs kept | mAP50-95 vs original | true mAP50-95 | true mAP50 | ONNX MB | ORT ms (b1 / b32) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | FLOPs kept | round_to | mAP50-95 vs original | true mAP50-95 | true mAP50 | ONNX MB | ORT ms (b1 / b32) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        lines.append(f"| {r['method']} | {r['flops']:.3f} | {r['map50_95_vs_original']:.3f} | {r['map50_95']:.3f} | "
+        lines.append(f"| {r['method']} | {r['flops']:.3f} | {r.get('round_to', '—')} | {r['map50_95_vs_original']:.3f} | {r['map50_95']:.3f} | "
                      f"{r['map50']:.3f} | {r['onnx_mb']:.2f} | {r['latency_b1_ms']:.2f} / {r['latency_b32_ms']:.1f} |")
     return "\n".join(lines) + f"\n\n({res['images']} test canvases; {res['model']}.)"
 

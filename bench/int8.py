@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import MODELS, ROOT, SHARED, eval_data, load, save
+from common import MODELS, ROOT, SHARED, eval_data, interleaved_latency, load, save
 
 CALIB = 512
 
@@ -125,7 +124,6 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     from otcompress.exporters.onnx import export_onnx
-    from otcompress.quantize.search import latency
 
     rows = []
     with tempfile.TemporaryDirectory() as td:
@@ -162,13 +160,8 @@ def main():
                                  "mb": path.stat().st_size / 1e6, "seconds": secs, **extra})
                     files.append((len(rows) - 1, path))
                     print(rows[-1], flush=True)
-        lat = {i: [] for i, _ in files}
-        for _ in range(args.rounds):  # interleaved: every file once per round
-            for i, path in files:
-                lat[i].append(latency(path, [1, 3, 32, 32], threads=2, runs=10))
-        for i, _ in files:
-            rows[i]["latency_b1_ms"] = statistics.median(r["b1"] for r in lat[i])
-            rows[i]["latency_b32_ms"] = statistics.median(r["b32"] for r in lat[i])
+        for (i, _), lat in zip(files, interleaved_latency([p for _, p in files], [1, 3, 32, 32], args.rounds)):
+            rows[i].update(lat)
     for r in rows:
         fp = next(f for f in rows if f["model"] == r["model"] and f["variant"] == r["variant"] and f["method"] == "FP32")
         if "latency_b1_ms" in r:

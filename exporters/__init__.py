@@ -48,4 +48,5 @@ BACKENDS.register("onnxruntime", Backend("onnxruntime", "model.onnx", (".onnx",)
 BACKENDS.register("onnxruntime-int8", Backend("onnxruntime-int8", "model.int8.onnx", (".int8.onnx",),
                                               "otcompress.exporters.onnxruntime:OrtRunner"))
 BACKENDS.register("tensorrt", Backend("tensorrt", "model.plan", (".plan", ".engine"), "otcompress.exporters.tensorrt:TrtRunner"))
-
+BACKENDS.register("tensorrt-int8", Backend("tensorrt-int8", "model.int8.plan", (".int8.plan", ".int8.engine"),
+                                           "otcompress.exporters.tensorrt:TrtRunner"))

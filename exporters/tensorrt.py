@@ -5,8 +5,11 @@ checks that `tensorrt` imports and otherwise raises TensorRTUnavailable with the
 Precision: TensorRT 10 builds FP16 engines from an FP32 graph with the FP16 builder flag. TensorRT 11
 removed that flag: networks are strongly typed and follow the ONNX tensor types, so an FP32 ONNX model
 gives an FP32 engine. `precision = "fp16"` is therefore refused there instead of silently building FP32
-(and loosening the validation tolerances for nothing). The engine's batch dimension follows the ONNX
-model's: dynamic there, an optimisation profile here."""
+(and loosening the validation tolerances for nothing). `precision = "int8"` builds from the quantize stage's
+Q/DQ model (explicit quantization: the Q/DQ scales are used as they are, no TensorRT calibration): TensorRT 10
+with the INT8 flag (and FP16 for what stays float), TensorRT 11 strongly typed, where the Q/DQ nodes alone say
+what runs in INT8. The engine's batch dimension follows the ONNX model's: dynamic there, an optimisation profile
+here."""
 
 from __future__ import annotations
 
@@ -70,6 +73,9 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, precision: str
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8" and not strongly_typed:  # a weakly typed network runs Q/DQ in INT8 only with the flag
+        config.set_flag(trt.BuilderFlag.INT8)
         config.set_flag(trt.BuilderFlag.FP16)
     if dynamic_batch:
         profile = builder.create_optimization_profile()

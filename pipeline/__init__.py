@@ -24,7 +24,7 @@ def load(path, model=None):
 
 
 def compress(model, input_shape, stages, data=None, out=None, **kw):
-    """See otcompress.compress.compress (the same plan check, stages, artifacts and gate as `otcompress run`)."""
+    """See otcompress.run.compress (the same plan check, stages, artifacts and gate as `otcompress run`)."""
     from .run import compress as _compress
 
     return _compress(model, input_shape, stages, data, out, **kw)

@@ -77,7 +77,7 @@ def make_plan(recipe: Recipe) -> Plan:
         for c in sorted(stage.conflicts(params)):
             if c in facts:
                 fail(where, spath, f"{kind} cannot come after {FACTS[c]}")
-        exported = [f for f in ("onnx", "tensorrt", "int8") if f in facts]
+        exported = [f for f in ("onnx", "tensorrt", "int8", "tensorrt-int8") if f in facts]
         if stage.changes_model and exported:
             fail(where, spath, f"{kind} changes the model after it was exported ({', '.join(exported)}): "
                                "put the export stages after every stage that changes the model")

@@ -102,3 +102,14 @@ def test_exporters_import_only_base_modules():
         if name.startswith("otcompress.exporters"):
             outside = {d for d in deps if not d.startswith("otcompress.exporters")} - BASE
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def test_every_package_folder_is_installed():
+    """A sub-package missing from pyproject's list works from the editable checkout and is absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join([pkg, *f.parent.relative_to(root).parts])
+             for pkg, root in PACKAGES.items() for f in root.rglob("__init__.py")}
+    assert found - listed == set(), f"not in pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
+    assert listed - found == set()

@@ -31,7 +31,7 @@ def _recipe(tmp_path, extra="", validate_keys=""):
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("int8")
-    p = _recipe(tmp)
+    p = _recipe(tmp, extra='[[stages]]\nkind = "export_tensorrt"\nprecision = "int8"\noptional = true')
     res = run_cli("run", p, "--out", tmp / "out", "--quiet")
     assert res.exit_code == 0, res.output
     return tmp / "out"
@@ -51,6 +51,20 @@ def test_quantize_stage_writes_a_validated_int8_model_and_its_plan(int8_run):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     res = run_cli("validate", int8_run)
     assert res.exit_code == 0 and "plan:onnxruntime-int8" in res.output, res.output
+    trt = next(s for s in rep["stages"] if s["kind"] == "export_tensorrt")
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # the INT8 engine is built from model.int8.onnx where TensorRT is installed; here it says why not
+        assert trt["details"]["skipped"] and "tensorrt" in trt["details"]["reason"]
+
+
+def test_an_int8_engine_without_a_quantize_stage_is_refused_naming_it(tmp_path):
+    shutil.copytree(QUICKSTART.parent, tmp_path / "recipes")
+    p = tmp_path / "recipes" / "quickstart.toml"
+    p.write_text(p.read_text().replace('[[stages]]\nkind = "validate"',
+                                       '[[stages]]\nkind = "export_tensorrt"\nprecision = "int8"\n\n[[stages]]\nkind = "validate"'))
+    res = run_cli("run", p, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "quantize stage" in res.output and not (tmp_path / "out").exists(), res.output
 
 
 def _tamper(folder, tmp_path, edit):
@@ -138,3 +152,18 @@ def test_an_int8_model_that_cannot_agree_is_refused_with_what_to_do(tmp_path):
     res = run_cli("run", p, "--out", tmp_path / "out")
     assert res.exit_code == 2 and "max_float" in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_and_sweep_show_the_int8_model_beside_fp32(int8_run, tmp_path):
+    res = run_cli("bench", int8_run, "--batch", "1", "--runs", "3")
+    assert res.exit_code == 0, res.output
+    b = json.loads((int8_run / "bench.json").read_text())
+    int8 = [r for r in b["rows"] if r["model"] == "compressed-int8"]
+    assert len(int8) == 1 and int8[0]["median_ms"] > 0 and "speedup" in int8[0]
+    assert 0 < b["file_bytes"]["model.int8.onnx"] < b["file_bytes"]["model.onnx"]
+    p = _recipe(tmp_path, extra='target = "fixed"')
+    res = run_cli("sweep", p, "--flops", "0.6", "--out", tmp_path / "sw", "--runs", "3")
+    assert res.exit_code == 0, res.output
+    point = json.loads((tmp_path / "sw" / "sweep.json").read_text())["points"][0]
+    assert point["int8"]["latency_ms"] > 0 and point["int8"]["agreement"] >= 0.98
+    assert "INT8 latency" in (tmp_path / "sw" / "sweep.md").read_text()

@@ -195,11 +195,12 @@ class Tracer:
     def use(self, module, role, tensors, dim, vars_, groups=1):
         """Record a layer's use of channels. A layer called more than once (a detection head shared by every
         pyramid level) reads the same weight positions each time: its positions' variables are coupled."""
-        key = (module, role, tuple(tensors), dim)
-        prev = self.seen.get(key)
-        if prev is not None and len(prev) == len(vars_):
-            self.uf.union_pairs(np.asarray(prev), np.asarray(vars_))
-        self.seen.setdefault(key, vars_)
+        if module and tensors:  # only weight positions: constraints without tensors (a split) couple nothing
+            key = (module, role, tuple(tensors), dim)
+            prev = self.seen.get(key)
+            if prev is not None and len(prev) == len(vars_):
+                self.uf.union_pairs(np.asarray(prev), np.asarray(vars_))
+            self.seen.setdefault(key, vars_)
         self.res.uses.append(Use(module, role, tuple(tensors), dim, vars_, groups, self.order))
 
     def produce(self, module: str, n: int) -> np.ndarray:

@@ -234,6 +234,8 @@ class GroupGraph:
         def leave(reason):
             self.frozen.append(Frozen(name, n, reason, layers))
 
+        if order and all(c in frozen for c in order):  # kept whole anyway: the freezing reason says why
+            return leave(frozen[order[0]])
         if len(pos) != n or any(c < 0 for c in order):
             return leave("its producer's outputs are not distinct channels")
         for u in prods:

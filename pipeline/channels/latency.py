@@ -66,7 +66,6 @@ class LayerTable:
 
 
 def _time_layer(spec: dict, cin: int, cout: int, batch: int, threads: int, runs: int) -> float:
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -146,7 +145,8 @@ class LatencyModel(FlopsModel):
                              for fi in GRID])
             self.layers.append((list(self.base).index(name), grid, spec["op"] == "Conv" and spec["depthwise"]))
         table.save()
-        self.alpha, self.beta, self.dense_ms = 1.0, 0.0, self.predicted_ms(None)
+        self.alpha, self.beta = 1.0, 0.0
+        self.dense_ms = self.predicted_ms(None)
         self.measured_dense_ms = self.dense_ms
 
     def predicted_ms(self, keep) -> float:
@@ -168,10 +168,10 @@ class LatencyModel(FlopsModel):
         pred = np.array([self.predicted_ms(k) for k, _ in points])
         meas = np.array([m for _, m in points])
         if len(points) >= 2 and np.ptp(pred) > 0:
-            self.alpha, self.beta = np.polyfit(pred, meas, 1)
-            self.alpha = max(float(self.alpha), 1e-3)
-        elif len(points) == 1:
-            self.alpha = float(meas[0] / pred[0])
+            alpha, beta = np.polyfit(pred, meas, 1)
+            self.alpha, self.beta = float(alpha), float(beta)
+        if len(points) == 1 or self.alpha <= 0:  # one point, or noise that inverts the trend: a pure scale
+            self.alpha, self.beta = float(meas[0] / pred[0]), 0.0
         self.measured_dense_ms = float(dict((k is None, m) for k, m in points).get(True, self.predicted_ms(None)))
 
     def ratio(self, keep) -> torch.Tensor:

@@ -76,18 +76,21 @@ def bench_artifacts(artifact_dir: Path, batches: list[int], runs: int, warmup: i
                     runner.activate()
                     r = time_fn(lambda: runner.infer(x), runs, warmup)
                     rows.append({"model": name, "backend": f"onnxruntime-{used.replace('ExecutionProvider', '')}", "batch": b, **r})
+        rows += _int8_rows(artifact_dir / "model.int8.onnx", shape, batches, runs, warmup)
     seen = {}
     for r in rows:
         r["throughput_per_s"] = r["batch"] / (r["median_ms"] / 1e3)
         seen[(r["model"], r["backend"], r["batch"])] = r
     for r in rows:
         o = seen.get(("original", r["backend"], r["batch"]))
-        if r["model"] == "compressed" and o:
+        if r["model"] != "original" and o:
             r["speedup"] = o["median_ms"] / r["median_ms"]
     from ..metrics import count_flops
 
+    sizes = {f: (artifact_dir / f).stat().st_size for f in ("model.onnx", "model.int8.onnx", "model.plan", "model.int8.plan")
+             if (artifact_dir / f).exists()}
     res = {"flops_original": count_flops(original, shape), "flops_compressed": count_flops(compressed, shape),
-           "runs": runs, "warmup": warmup, "rows": rows, "threads": torch.get_num_threads()}
+           "runs": runs, "warmup": warmup, "rows": rows, "threads": torch.get_num_threads(), "file_bytes": sizes}
     res["flop_reduction"] = res["flops_original"] / res["flops_compressed"]
     atomic_write_json(artifact_dir / "bench.json", res)
     plot_bench(res, artifact_dir / "bench.png")
@@ -95,8 +98,30 @@ def bench_artifacts(artifact_dir: Path, batches: list[int], runs: int, warmup: i
         sp = f"  speedup {r['speedup']:.2f}x" if "speedup" in r else ""
         print(f"{r['model']:<11} {r['backend']:<22} batch {r['batch']:>3}  median {r['median_ms']:8.2f} ms  "
               f"p90 {r['p90_ms']:8.2f} ms  {r['throughput_per_s']:9.1f}/s{sp}")
+    for f, n in sizes.items():
+        print(f"{f:<16} {n / 1e6:8.2f} MB")
     print(f"FLOP reduction {res['flop_reduction']:.2f}x; wrote {artifact_dir / 'bench.json'} and bench.png")
     return res
+
+
+def _int8_rows(path: Path, shape, batches: list[int], runs: int, warmup: int) -> list[dict]:
+    """The quantize stage's model.int8.onnx on onnxruntime's CPU kernels (its integer kernels are the CPU
+    provider's), at each batch its input takes (a static batch: that one only)."""
+    from otcompress.exporters.onnxruntime import OrtRunner
+
+    if not path.exists():
+        return []
+    runner = OrtRunner(path, providers=["CPUExecutionProvider"]).activate()
+    fixed = runner.input_shape[0] if isinstance(runner.input_shape[0], int) else None
+    rows = []
+    for b in batches:
+        if fixed is not None and b != fixed:
+            continue
+        x = np.random.default_rng(0).standard_normal((b, *shape[1:])).astype(np.float32)
+        rows.append({"model": "compressed-int8", "backend": "onnxruntime-CPU", "batch": b,
+                     **time_fn(lambda: runner.infer(x), runs, warmup)})
+    runner.deactivate()
+    return rows
 
 
 def plot_bench(res: dict, path: Path) -> None:
@@ -107,11 +132,12 @@ def plot_bench(res: dict, path: Path) -> None:
 
     keys = sorted({(r["backend"], r["batch"]) for r in res["rows"]})
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(keys)), 4))
-    w = 0.38
-    for i, name in enumerate(("original", "compressed")):
+    names = [n for n in ("original", "compressed", "compressed-int8") if any(r["model"] == n for r in res["rows"])]
+    w = 0.8 / len(names)
+    for i, name in enumerate(names):
         vals = [next((r["median_ms"] for r in res["rows"] if r["model"] == name and (r["backend"], r["batch"]) == k), 0)
                 for k in keys]
-        ax.bar([j + (i - 0.5) * w for j in range(len(keys))], vals, w, label=name)
+        ax.bar([j + (i - (len(names) - 1) / 2) * w for j in range(len(keys))], vals, w, label=name)
     ax.set_xticks(range(len(keys)), [f"{b}\nbatch {n}" for b, n in keys], fontsize=8)
     ax.set_ylabel("median latency (ms)")
     ax.set_yscale("log")

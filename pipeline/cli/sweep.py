@@ -53,6 +53,25 @@ def _channel_stage(recipe_path: Path, overrides: list[str]) -> int:
     return i
 
 
+def _int8(report: dict, folder: Path, runs: int) -> dict | None:
+    """The point's INT8 model, where the recipe quantizes: its latency (ms, batch 1) and its agreement with the
+    point's FP32 model (the validate stage's check, in the task's measure)."""
+    from otcompress.exporters.onnxruntime import OrtRunner
+
+    from .bench import time_fn
+
+    path = folder / "model.int8.onnx"
+    if not path.exists():
+        return None
+    runner = OrtRunner(path).activate()
+    shape = [1 if not isinstance(d, int) else d for d in runner.input_shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    agree = next((c["observed"] for c in (report.get("validation") or {}).get("checks", [])
+                  if c["check"].startswith("int8:") and "drop" not in c["check"]), None)
+    return {"latency_ms": time_fn(lambda: runner.infer(x), runs, 3)["median_ms"] / shape[0], "agreement": agree,
+            "bytes": path.stat().st_size}
+
+
 def _latency(report: dict, folder: Path, runs: int) -> float:
     """Median onnxruntime CPU latency (ms, batch 1) of the point's model.onnx (exported for it if the recipe
     has no export stage)."""
@@ -90,14 +109,15 @@ def sweep(recipe_path: Path, points: list[Point], out: Path, *, force: bool, max
         if progress:
             print(f"== {p.key} = {p.value}", flush=True)
         rep = run_plan(plan, out / p.label, force=True, progress=False)
-        last = [s for s in rep["stages"] if s["kind"] not in ("export_onnx", "export_tensorrt", "validate")][-1]
+        last = [s for s in rep["stages"] if s["kind"] not in ("export_onnx", "quantize", "export_tensorrt", "validate")][-1]
         first = rep["stages"][0]
         (agree, agree_name), _, (score, score_name) = rep["columns"]  # the task's: top-1 agreement / accuracy, ...
         rows.append({"point": p.label, p.key: p.value, "flops": last["flops"] / first["flops"],
                      "params": last["params"] / first["params"], "accuracy": last.get(score),
                      "accuracy_original": first.get(score), "top1_agreement": last.get(agree),
                      "metrics": [agree_name, score_name],
-                     "latency_ms": _latency(rep, out / p.label, runs), "validation": rep["validation"].get("passed"),
+                     "latency_ms": _latency(rep, out / p.label, runs), "int8": _int8(rep, out / p.label, runs),
+                     "validation": rep["validation"].get("passed"),
                      "folder": str(out / p.label)})
         if progress:
             print(_line(rows[-1]), flush=True)
@@ -117,18 +137,27 @@ def sweep(recipe_path: Path, points: list[Point], out: Path, *, force: bool, max
 
 def _line(r: dict) -> str:
     acc = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else f"agree {100 * r['top1_agreement']:.1f}%"
-    return f"{r['point']:<14} FLOPs {r['flops']:.3f}  params {r['params']:.3f}  {acc}  {r['latency_ms']:.2f} ms"
+    q = r.get("int8")
+    int8 = f"  INT8 {q['latency_ms']:.2f} ms" if q else ""
+    return f"{r['point']:<14} FLOPs {r['flops']:.3f}  params {r['params']:.3f}  {acc}  {r['latency_ms']:.2f} ms{int8}"
 
 
 def table(result: dict) -> str:
     agree, score = result["points"][0]["metrics"] if result["points"] else ("agreement", "score")
-    lines = [f"| point | FLOPs kept | params kept | {score} | {agree} with original | ORT latency (ms, batch 1) |",
-             "|---|---|---|---|---|---|"]
+    int8 = any(r.get("int8") for r in result["points"])
+    lines = [f"| point | FLOPs kept | params kept | {score} | {agree} with original | ORT latency (ms, batch 1) |"
+             + (" INT8 latency (ms, batch 1) | INT8 agreement with FP32 |" if int8 else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if int8 else "")]
     for r in result["points"]:
         acc = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else "—"
         mark = " ◀ smallest within budget" if r["point"] == result["smallest_within_budget"] else ""
+        q = r.get("int8")
+        tail = ""
+        if int8:
+            tail = (f" {q['latency_ms']:.2f} | " + (f"{100 * q['agreement']:.1f}% |" if q["agreement"] is not None else "— |")
+                    if q else " — | — |")
         lines.append(f"| {r['point']}{mark} | {r['flops']:.3f} | {r['params']:.3f} | {acc} | "
-                     f"{100 * r['top1_agreement']:.1f}% | {r['latency_ms']:.2f} |")
+                     f"{100 * r['top1_agreement']:.1f}% | {r['latency_ms']:.2f} |" + tail)
     return "\n".join(lines)
 
 

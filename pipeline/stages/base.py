@@ -24,6 +24,7 @@ FACTS = {
     "onnx": "an export_onnx stage before it",
     "int8": "a quantize stage before it",
     "tensorrt": "an export_tensorrt stage before it",
+    "tensorrt-int8": "an export_tensorrt stage with precision = 'int8' before it",
 }
 
 

@@ -31,7 +31,8 @@ class ExportTensorRT(Stage):
     kind = "export_tensorrt"
     changes_model = False
     fields = {
-        "precision": Field((str,), default="fp32", choices=("fp32", "fp16")),
+        "precision": Field((str,), default="fp32", choices=("fp32", "fp16", "int8"),
+                           help="fp32, fp16, or int8: built from the quantize stage's model.int8.onnx"),
         "workspace_gb": Field((float,), default=4.0, lo=0.0625, help="a positive number of GiB"),
         "dynamic_batch": Field((bool,), help="true or false; must agree with export_onnx's (the engine's batch "
                                              "dimension follows the ONNX model's; default: the same)"),
@@ -39,10 +40,12 @@ class ExportTensorRT(Stage):
     }
 
     def needs(self, params):
+        if params["precision"] == "int8":
+            return {"int8": "precision = 'int8' builds the engine from the quantized model.int8.onnx"}
         return {"onnx": "TensorRT builds its engine from the ONNX model"}
 
     def provides(self, params):
-        return {"tensorrt"}
+        return {"tensorrt-int8" if params["precision"] == "int8" else "tensorrt"}
 
     def check(self, params, model, data, facts):
         onnx_dyn = (facts.get("onnx") or {}).get("dynamic_batch", False)
@@ -54,13 +57,14 @@ class ExportTensorRT(Stage):
     def apply(self, ctx, params):
         from otcompress.exporters.tensorrt import TensorRTUnavailable, build_engine
 
-        path = ctx.out / "model.plan"
+        source = ctx.exports["model.int8.onnx" if params["precision"] == "int8" else "model.onnx"]
+        path = source.path.with_suffix(".plan")  # model.plan, or model.int8.plan (validated as the INT8 model is)
         try:
-            info = build_engine(ctx.exports["model.onnx"].path, path, precision=params["precision"],
-                                workspace_gb=params["workspace_gb"])
+            info = build_engine(source.path, path, precision=params["precision"], workspace_gb=params["workspace_gb"])
         except TensorRTUnavailable as e:
             if params["optional"]:
                 return {"skipped": True, "reason": str(e)}
             raise
-        ctx.exports[path.name] = Export(path, precision=info["precision"], dynamic_batch=info["dynamic_batch"])
+        ctx.exports[path.name] = Export(path, precision=info["precision"], dynamic_batch=info["dynamic_batch"],
+                                        gate=source.gate)
         return info

@@ -144,7 +144,8 @@ def quantized_checks(name: str, int8_runner, fp32: Path, plan: dict, x: np.ndarr
     `steps` quantization steps of each output, Gate.int8_steps)."""
     from ..quantize.plan import read_plan
 
-    found = read_plan(int8_runner.path)
+    path = Path(int8_runner.path)  # an engine (model.int8.plan) holds the plan of the ONNX it was built from
+    found = read_plan(path if path.suffix == ".onnx" else path.with_suffix(".onnx"))
     diff = plan_differences(plan, found)
     checks = [Check(f"plan:{name}", "quantization", not diff, observed=float(len(plan) - len(diff)),
                     allowed=f"the {len(plan)} recorded tensors", reason="; ".join(diff) or None)]

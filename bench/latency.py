@@ -1,0 +1,218 @@
+"""Latency budgets and sensitivity allocation, side by side in one run. On the CIFAR checkpoints (resnet20,
+resnet56, vgg11_bn_half, mobilenetv2) at a measured onnxruntime CPU latency of 0.7 and 0.5 of the original's
+(2 threads, batch 1): `prune` with uniform, global and sensitivity allocation, and `intrafusion` with sensitivity
+allocation, each followed by `repair` (512 unlabeled training images), all with `round_to = "auto"`; and
+Torch-Pruning's MagnitudePruner (L1, round_to 8) at the same measured latency (its pruning ratio bisected on
+measurements). On ImageNet-shaped torchvision MobileNetV2 and ResNet-50 (224x224, random weights: latency
+only), `prune` uniform data-free. Then, at 50% FLOPs, speedup over FLOP reduction with round_to 1 and "auto".
+
+Every ONNX file is timed again at the end, every file once per round (median of rounds), and the latency
+columns are those: the target is met when that ratio is within 10% of it. Top-1 on 1000 CIFAR-10 test
+images. bench/results/latency.json, latency.png, the README table.
+
+    .venv/bin/python bench/latency.py [--models resnet56,tv_mobilenet_v2] [--targets 0.7,0.5] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import MODELS, ROOT, SHARED, eval_data, interleaved_latency, load, save
+
+IMAGENET = {"tv_mobilenet_v2": ("mobilenet_v2", {"num_classes": 1000}), "tv_resnet50": ("resnet50", {"num_classes": 1000})}
+CIFAR = ["resnet20", "resnet56", "vgg11_bn_half", "mobilenetv2"]
+# (channel stage, allocation) with repair, on the CIFAR checkpoints
+VARIANTS = [("prune", "uniform"), ("prune", "global"), ("prune", "sensitivity"), ("intrafusion", "sensitivity")]
+CALIB = 512
+
+
+def shape_of(name: str) -> list[int]:
+    return [1, 3, 224, 224] if name in IMAGENET else [1, 3, 32, 32]
+
+
+def build(name: str):
+    if name in IMAGENET:
+        from otcompress.models import build_model
+
+        arch, args = IMAGENET[name]
+        torch.manual_seed(0)
+        return build_model(arch, args).eval(), arch, args
+    arch, args, *_ = MODELS[name]
+    return load(name), arch, args
+
+
+def export(model, shape, folder: Path) -> Path:
+    from otcompress.exporters.onnx import export_onnx
+
+    path = folder / f"m{time.perf_counter_ns()}.onnx"
+    export_onnx(model, torch.zeros(shape), path, dynamic_batch=True)
+    return path
+
+
+def top1(name, model, x, y) -> float | None:
+    if x is None:
+        return None
+    from otcompress.metrics import predict
+
+    return float((predict(model, x).argmax(-1) == y).float().mean())
+
+
+def torch_pruning_at(model, shape, target_ms: float, dense_ms: float) -> tuple[torch.nn.Module, float]:
+    """MagnitudePruner (L1, round_to 8), its one pruning ratio bisected until the measured latency is closest
+    to target_ms."""
+    import torch_pruning as tp
+
+    from otcompress.channels.latency import measure_model
+
+    x = torch.zeros(shape)
+    last = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    ignored = [model.get_submodule(last)]
+    if getattr(model, "otcompress_prune_scope", None) == "internal":  # option-A ResNets: block-internal only, as ours
+        ignored = [m for n, m in model.named_modules()
+                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not n.endswith(".conv1")]
+
+    def pruned(r):
+        m = copy.deepcopy(model)
+        tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=r,
+                                  round_to=8, ignored_layers=ignored).step()
+        return m, measure_model(m, x)
+
+    lo, hi, best = 0.0, 0.95, (model, dense_ms)
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        m, ms = pruned(mid)
+        if abs(ms - target_ms) < abs(best[1] - target_ms):
+            best = (m, ms)
+        lo, hi = (mid, hi) if ms > target_ms else (lo, mid)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(CIFAR + list(IMAGENET)))
+    ap.add_argument("--targets", default="0.7,0.5")
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    import otcompress
+    from otcompress.metrics import count_flops
+
+    calib_path = SHARED / "cifar10" / "train-imagefolder.tar.gz"
+    rows, files = [], []
+    with tempfile.TemporaryDirectory() as td:
+        td = Path(td)
+        for name in args.models.split(","):
+            model, arch, margs = build(name)
+            shape = shape_of(name)
+            x, y = eval_data(name, args.limit) if name in MODELS else (None, None)
+            f0 = count_flops(model, shape)
+            norm = MODELS[name][4] if name in MODELS else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+            data = {"calib": str(calib_path), "mean": norm[0], "std": norm[1]}
+
+            def add(method, small, target=None, **extra):
+                rows.append({"model": name, "method": method, "target": target, "top1": top1(name, small, x, y),
+                             "flops": count_flops(small, shape) / f0, **extra})
+                files.append((len(rows) - 1, export(small, shape, td)))
+                print({k: v for k, v in rows[-1].items()}, flush=True)
+
+            add("original", model, flops_target=None)
+            dense_ms = None
+            for target in [float(t) for t in args.targets.split(",")]:
+                variants = VARIANTS if name in MODELS else [("prune", "uniform")]
+                for channel, allocation in variants:
+                    stages = [{"kind": "fold_bn"}, {"kind": channel, "latency": target, "allocation": allocation,
+                                                    "round_to": "auto"}]
+                    if name in MODELS:
+                        stages.append({"kind": "repair", "samples": CALIB})
+                    t0 = time.perf_counter()
+                    small, rep = otcompress.compress(copy.deepcopy(model), shape, stages, data=data if name in MODELS else None,
+                                                     name=name, source=arch, args=margs)
+                    lat = next(s for s in rep["stages"] if s["kind"] == channel)["details"]["latency"]
+                    dense_ms = lat["dense_ms"]
+                    add(f"{channel}, {allocation}" + (" + repair" if name in MODELS else ""), small, target,
+                        stage_measured=lat["measured"], attempts=len(lat["attempts"]),
+                        round_to=next(s for s in rep["stages"] if s["kind"] == channel)["details"]["round_to"],
+                        seconds=time.perf_counter() - t0)
+                if name in MODELS:
+                    t0 = time.perf_counter()
+                    tp_model, _ = torch_pruning_at(copy.deepcopy(model), shape, target * dense_ms, dense_ms)
+                    add("Torch-Pruning MagnitudePruner (L1, round_to 8)", tp_model, target, seconds=time.perf_counter() - t0)
+            if name in ("mobilenetv2", "resnet56", "tv_mobilenet_v2"):
+                for round_to in (1, "auto"):
+                    small, rep = otcompress.compress(copy.deepcopy(model), shape, [
+                        {"kind": "fold_bn"}, {"kind": "prune", "flops": 0.5, "round_to": round_to}], name=name, source=arch,
+                        args=margs)
+                    add(f"prune, 50% FLOPs, round_to {round_to}", small, flops_target=0.5,
+                        round_to=next(s for s in rep["stages"] if s["kind"] == "prune")["details"]["round_to"])
+        by_model = {}
+        for i, path in files:
+            by_model.setdefault(rows[i]["model"], []).append((i, path))
+        for name, items in by_model.items():  # each model's files interleaved with each other
+            for (i, _), lat in zip(items, interleaved_latency([p for _, p in items], shape_of(name), args.rounds)):
+                rows[i].update(lat)
+    for r in rows:
+        dense = next(o for o in rows if o["model"] == r["model"] and o["method"] == "original")
+        r["latency"] = r["latency_b1_ms"] / dense["latency_b1_ms"]
+        r["speedup_b1"] = dense["latency_b1_ms"] / r["latency_b1_ms"]
+        r["speedup_over_flop_reduction"] = r["speedup_b1"] * r["flops"]
+        if r["target"]:
+            r["within_10_percent"] = abs(r["latency"] / r["target"] - 1) <= 0.10
+    res = {"rows": rows, "threads": 2, "batch": 1, "calibration_images": CALIB, "rounds": args.rounds}
+    path = save("latency.json", res)
+    plot(res, path.with_suffix(".png"))
+    md = markdown(res)
+    sys.path.insert(0, str(ROOT))
+    from scripts.fill_readme import fill
+
+    fill("latency", md, required=False)
+    print(md)
+
+
+def markdown(res: dict) -> str:
+    lines = ["| model | method | latency target | measured latency | within 10% | top-1 % | FLOPs kept | ms b1 / b32 "
+             "| speedup / FLOP reduction |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        t1 = "—" if r["top1"] is None else f"{100 * r['top1']:.2f}"
+        tgt = f"{r['target']:.2f}" if r["target"] else "—"
+        ok = {True: "yes", False: "**no**"}.get(r.get("within_10_percent"), "—")
+        lines.append(f"| {r['model']} | {r['method']} | {tgt} | {r['latency']:.3f} | {ok} | {t1} | {r['flops']:.3f} | "
+                     f"{r['latency_b1_ms']:.2f} / {r['latency_b32_ms']:.1f} | {r['speedup_over_flop_reduction']:.2f} |")
+    return "\n".join(lines) + ("\n\n(onnxruntime CPU, 2 threads; latency measured again at the end, every file once per "
+                               "round, median of rounds; top-1 on 1000 CIFAR-10 test images.)")
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in dict.fromkeys(r["model"] for r in res["rows"]) if m in MODELS]
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        rs = [r for r in res["rows"] if r["model"] == m and r["target"]]
+        for method in dict.fromkeys(r["method"] for r in rs):
+            pts = sorted((r["latency"], 100 * r["top1"]) for r in rs if r["method"] == method)
+            ax.plot(*zip(*pts), marker="o", label=method[:34])
+        dense = next(r for r in res["rows"] if r["model"] == m and r["method"] == "original")
+        ax.axhline(100 * dense["top1"], color="gray", ls=":")
+        ax.set_title(m)
+        ax.set_xlabel("measured latency (fraction of original)")
+        ax.set_ylabel("top-1 %")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

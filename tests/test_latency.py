@@ -1,0 +1,165 @@
+"""Budgets in measured latency and channels allocated by measured sensitivity: the per-layer table (measured
+once, cached, per thread count), its interpolation, the calibrated model of the whole network, the stage keys
+(`latency`, `round_to = "auto"`, `allocation = "sensitivity"`) and their refusals. Whether a budget is met on
+time is the benchmark's to say (bench/latency.py); here, what is reported and that it is consistent."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from .conftest import run_cli
+
+CONV = {"op": "Conv", "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "dilation": [1, 1], "hw": [8, 8],
+        "depthwise": False}
+
+
+@pytest.fixture
+def table_cache(tmp_path, monkeypatch):
+    import otcompress.channels.latency as latency
+
+    monkeypatch.setattr(latency, "CACHE", tmp_path / "latency")
+    return tmp_path / "latency"
+
+
+def test_the_layer_table_measures_once_and_every_later_run_reuses_it(table_cache):
+    from otcompress.channels.latency import LayerTable
+
+    t = LayerTable(threads=1, runs=3)
+    ms = t.ms(CONV, 8, 16)
+    t.save()
+    assert ms > 0 and t.measured == 1 and t.path.parent == table_cache
+    again = LayerTable(threads=1, runs=3)
+    assert again.ms(CONV, 8, 16) == ms and again.measured == 0  # read from the cache, not timed again
+    assert again.ms(CONV, 8, 8) > 0 and again.measured == 1
+    assert LayerTable(threads=2, runs=3).path != t.path  # another thread count is another table
+
+
+def test_interpolation_is_exact_on_the_grid_and_bilinear_between():
+    from otcompress.channels.latency import GRID, _bilinear
+
+    grid = np.array([[4.0 * i + o for o in range(len(GRID))] for i in range(len(GRID))])  # bilinear in (i, o)
+    for i, fi in enumerate(GRID):
+        for o, fo in enumerate(GRID):
+            assert _bilinear(grid, fi, fo) == grid[i, o]
+    assert _bilinear(grid, (GRID[0] + GRID[1]) / 2, (GRID[1] + GRID[2]) / 2) == pytest.approx(4 * 0.5 + 1.5)
+    assert _bilinear(grid, 0.0, 0.0) == 0.0  # extrapolated below the grid, never negative
+
+
+def _chain():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 4)).eval()
+
+
+class FlopsTable:
+    """A layer "table" whose latency is exactly the layer's FLOPs (a product of its channel counts, so bilinear
+    interpolation is exact): through it the latency model must reproduce the FLOPs model to rounding."""
+
+    def ms(self, spec, cin, cout):
+        size = spec["hw"] + spec["kernel"] if spec["op"] == "Conv" else spec["lead"]
+        return 2.0 * (1 if spec["op"] == "Conv" and spec["depthwise"] else cin) * cout * float(np.prod(size))
+
+    def save(self):
+        pass
+
+
+def test_through_a_table_of_flops_the_latency_model_is_the_flops_model():
+    from otcompress.channels.flops import FlopsModel
+    from otcompress.channels.groups import GroupGraph
+    from otcompress.channels.latency import LatencyModel
+
+    model, x = _chain(), torch.zeros(1, 3, 16, 16)
+    groups = GroupGraph(model, x).groups()
+    lm, fm = LatencyModel(model, x, groups, FlopsTable()), FlopsModel(model, x, groups)
+    assert lm.dense_ms == pytest.approx(fm.total)
+    lm.calibrate([(None, 3.0)])  # one measurement: a pure scale (3 ms dense)
+    rng = np.random.default_rng(0)
+    for keeps in ([1.0] * len(groups), [0.5] * len(groups), *rng.uniform(0.25, 1.0, (5, len(groups))).tolist()):
+        assert float(lm.ratio(keeps)) == pytest.approx(float(fm.ratio(keeps)), rel=1e-9), keeps
+    assert lm.predicted_ms(None) == pytest.approx(3.0)
+    lm.calibrate([(None, 3.0), ([0.5] * len(groups), 1.0)])  # two: measured = alpha * predicted + beta through both
+    assert lm.predicted_ms(None) == pytest.approx(3.0) and lm.predicted_ms([0.5] * len(groups)) == pytest.approx(1.0)
+
+
+def _dead_half():
+    """conv2's second half of channels is read with zero weights by conv3 (and its filters are small): cutting
+    them changes nothing, cutting any of conv1's does."""
+    model = _chain()
+    with torch.no_grad():
+        model[4].weight[:, 8:] = 0.0
+        model[2].weight[8:] *= 0.5
+    return model
+
+
+def test_sensitivity_cuts_what_does_not_matter_where_uniform_cuts_everything_alike():
+    from otcompress.channels.shrink import shrink_channels
+
+    x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for allocation in ("sensitivity", "uniform"):
+        model = _dead_half()
+        with torch.no_grad():
+            ref = model(x)
+        rec = shrink_channels(model, x[:1], "prune", flops=0.75, allocation=allocation, probe=x, progress=False)
+        with torch.no_grad():
+            out[allocation] = ({r["group"]: r["after"] for r in rec}, float((model(x) - ref).pow(2).mean() / ref.var()))
+    (sens, sens_err), (uni, uni_err) = out["sensitivity"], out["uniform"]
+    assert sens["0"] == sens["4"] == 16 and sens["2"] < uni["2"], (sens, uni)  # the budget comes from the dead half
+    assert uni["0"] < 16 and uni["4"] < 16  # where one sparsity for all cuts channels that matter
+    assert sens_err < 1e-6 < uni_err, (sens_err, uni_err)  # so the output does not move, for the same FLOPs
+
+
+SPARSITY = 'sparsity = { "conv2" = 0.25, "conv4" = 0.5 }'
+
+
+def _quickstart(tmp_path, recipe, keys: str, drop_calib: bool = False):
+    """The quickstart with its intrafusion stage's sparsity replaced by `keys` (TOML lines)."""
+    text = recipe.read_text()
+    assert SPARSITY in text
+    text = text.replace(SPARSITY, keys)
+    if drop_calib:  # no unlabeled images at all: neither [data] train nor the repair stage that reads them
+        text = text.replace('train = "data/digits-train.npz"\n', "").replace('[[stages]]\nkind = "repair"\n', "")
+    recipe.write_text(text)
+    out = tmp_path / "out"
+    return run_cli("run", recipe, "--out", out, "--quiet"), out
+
+
+def test_a_latency_budget_reports_its_measurements_and_auto_round_to_holds(tmp_path, quickstart_copy, table_cache):
+    res, out = _quickstart(tmp_path, quickstart_copy, 'latency = 0.7\nround_to = "auto"\nlatency_threads = 1')
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    shrink = next(s for s in rep["stages"] if s["kind"] == "intrafusion")["details"]
+    lat = shrink["latency"]
+    assert lat["target"] == 0.7 and lat["threads"] == 1 and lat["dense_ms"] > 0
+    assert 1 <= len(lat["attempts"]) <= 3 and all(0 < a["predicted"] <= 1 and a["measured"] > 0 for a in lat["attempts"])
+    assert lat["ms"] == pytest.approx(lat["dense_ms"] * lat["measured"])
+    assert lat["within_10_percent"] == (abs(lat["miss"]) <= 0.10)
+    assert list(table_cache.glob("*.json")), "the layer table was not cached"
+    r = shrink["round_to"]
+    assert r in (1, 4, 8, 16)
+    shrunk = [g for g in shrink["groups"] if g["after"] < g["before"]]
+    assert shrunk and all(g["after"] % r == 0 for g in shrunk), (r, shrunk)
+
+
+@pytest.mark.parametrize("keys, expect", [
+    ("latency = 0.7\nflops = 0.5", "give exactly one of sparsity"),
+    ("latency = 1.5", "expected the fraction of the latency to keep"),
+    ('flops = 0.5\nround_to = "fast"', "expected a positive integer or 'auto'"),
+    ('sparsity = 0.3\nallocation = "sensitivity"', "'sensitivity' shares a flops or latency budget"),
+])
+def test_bad_budget_keys_exit_2_naming_the_key(tmp_path, quickstart_copy, keys, expect):
+    res, out = _quickstart(tmp_path, quickstart_copy, keys)
+    assert res.exit_code == 2 and expect in res.output and "stages[1]" in res.output, res.output
+    assert not out.exists()
+
+
+def test_sensitivity_without_calibration_images_is_refused_before_any_work(tmp_path, quickstart_copy):
+    res, out = _quickstart(tmp_path, quickstart_copy, 'flops = 0.7\nallocation = "sensitivity"', drop_calib=True)
+    assert res.exit_code == 2 and "sensitivity" in res.output and "calib" in res.output, res.output
+    assert not out.exists()
