@@ -124,8 +124,8 @@ def _run(plan: Plan, out, force, resume, progress, rank, model) -> dict:
         save_compressed(stage_dir / "compressed.safetensors", ctx.model, build_meta(plan, ctx), fresh_copy=original)
         fresh = None if recipe.model["arch"] else copy.deepcopy(original)  # an in-memory model: no source to build
         numbers = Gate.from_dict(ctx.gate) if ctx.gate else Gate(**task.gate_defaults)
-        failed = frozenset(c.check.split(":", 1)[1] for c in (ctx.validation.checks if ctx.validation else ())
-                           if c.check.startswith("export:") and not c)
+        failed = frozenset(c.check.split(":", 1)[1] for c in (ctx.validation.checks if ctx.validation is not None else ())
+                           if c.check.startswith(("export:", "kernels:")) and not c)
         check = self_check(ctx.model, stage_dir / "compressed.safetensors", ctx.exports, ctx.probe.x[:8],
                            ctx.input_shape, fresh, numbers, failed)
     files = ["compressed.safetensors"] + [e.path.name for e in ctx.exports.values()]

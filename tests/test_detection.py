@@ -199,3 +199,23 @@ def test_two_stage_detectors_and_untrusted_pickles_are_refused_before_any_work(t
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
     p.write_text(text.replace("TRUSTED", "trusted = true\n"))
     assert run_cli("inspect", p).exit_code == 0
+
+
+def test_a_detector_quantizes_with_its_head_outputs_in_float(tmp_path):
+    """INT8 for a detector: the head's output layers stay float (named in quantization.json with why), the rest is
+    quantized, and the INT8 gate (plan, fake-quantized reference) passes the correct file."""
+    case = DETECTORS[0]
+    ckpt, data = materialise(case, tmp_path / "m")
+    stages = ('[[stages]]\nkind = "fold_bn"\n[[stages]]\nkind = "export_onnx"\n[[stages]]\nkind = "quantize"\n'
+              'target = "fixed"\nsamples = 16\nmin_agreement = 0.0\n[[stages]]\nkind = "validate"\nsamples = 8\n'
+              'atol_scale = 1e-4\nmin_int8_agreement = 0.0\nmin_map_vs_original = 0.0\n')
+    p = tmp_path / "r.toml"
+    p.write_text(recipe(case, ckpt, data, stages))
+    res = run_cli("run", p, "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    q = json.loads((tmp_path / "out" / "quantization.json").read_text())
+    head = [f for f in q["float"] if "head output layer" in f["why"]]
+    assert len(head) >= 6 and all(".cv2." in f["module"] or ".cv3." in f["module"] for f in head), q["float"]
+    assert len(q["plan"]) > 50  # the backbone and neck are quantized
+    checks = {c["check"]: c for c in json.loads((tmp_path / "out" / "report.json").read_text())["validation"]["checks"]}
+    assert checks["plan:onnxruntime-int8"]["passed"] and checks["export:onnxruntime-int8"]["passed"]

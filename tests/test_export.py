@@ -171,3 +171,13 @@ def test_onnx_models_past_the_protobuf_limit_are_checked_by_path(tmp_path, monke
     out = OrtRunner(tmp_path / "m.onnx").infer_batched(x)["logits"]
     assert np.abs(out - model(torch.from_numpy(x)).detach().numpy()).max() < 1e-4
     assert onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).graph.value_info  # shapes were inferred
+
+
+def test_a_run_whose_export_check_fails_exits_1_with_the_artifacts_kept(quickstart_copy, tmp_path):
+    """A tolerance the export cannot meet is the user's reported failure (exit 1), not an internal error: the
+    reload self-check does not re-judge what the validation already failed."""
+    text = quickstart_copy.read_text().replace('[[stages]]\nkind = "validate"', '[[stages]]\nkind = "validate"\natol = 0.0\nrtol = 0.0')
+    quickstart_copy.write_text(text)
+    res = run_cli("run", quickstart_copy, "--out", tmp_path / "out")
+    assert res.exit_code == 1 and "FAIL export:onnxruntime" in res.output and "internal error" not in res.output, res.output
+    assert (tmp_path / "out" / "model.onnx").exists()

@@ -2,7 +2,7 @@
 (plan, fake-quantized reference within a few output steps, agreement with the FP32 model) passing the correct
 export and failing each wrong one (an activation scale off by 2x, a zero point shifted, per-tensor weights
 where the plan has per-channel ones, a residual add left unquantized), and the automatic fallback returning the
-sensitive layer to float."""
+sensitive layer to float; the integer-kernel check fails kernels that drift from the file's meaning."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def test_quantize_stage_writes_a_validated_int8_model_and_its_plan(int8_run):
     rep = json.loads((int8_run / "report.json").read_text())
     checks = {c["check"]: c for c in rep["validation"]["checks"]}
     assert checks["plan:onnxruntime-int8"]["passed"] and checks["export:onnxruntime-int8"]["passed"]
-    assert checks["export:onnxruntime-int8"]["max_steps"] <= 2  # integer kernels vs fake quantization
+    assert checks["export:onnxruntime-int8"]["max_abs"] <= 1e-5  # the file's meaning is the fake-quantized reference
+    k = checks["kernels:onnxruntime-int8"]
+    assert k["passed"] and k["mean_steps"] <= 0.5 and k["max_steps"] <= 2  # integer kernels: requantization rounding
     assert checks["int8:onnxruntime-int8:top1_agreement"]["observed"] >= 0.98
     q = rep["quantization"]
     assert len(q["candidates"]) == 8 and q["settings"] in [c["settings"] for c in q["candidates"]]
@@ -167,3 +169,25 @@ def test_bench_and_sweep_show_the_int8_model_beside_fp32(int8_run, tmp_path):
     point = json.loads((tmp_path / "sw" / "sweep.json").read_text())["points"][0]
     assert point["int8"]["latency_ms"] > 0 and point["int8"]["agreement"] >= 0.98
     assert "INT8 latency" in (tmp_path / "sw" / "sweep.md").read_text()
+
+
+def test_the_kernel_check_fails_integer_results_a_few_steps_off(int8_run):
+    """The kernels check on its own: the runtime's results shifted by 2 quantization steps of each output fail it
+    (mean 2 > 1), its own results pass."""
+    from otcompress.exporters.onnxruntime import OrtRunner
+    from otcompress.validation.gate import Gate
+    from otcompress.validation.quantized import output_steps, quantized_checks
+
+    plan = json.loads((int8_run / "quantization.json").read_text())["plan"]
+    steps = output_steps(plan, onnx.load(str(int8_run / "model.onnx")))
+    x = np.random.default_rng(1).standard_normal((16, 1, 8, 8)).astype(np.float32)
+
+    class Drifting(OrtRunner):
+        def _infer(self, x, taps):
+            return {k: v + 2 * steps[k] for k, v in super()._infer(x, taps).items()}
+
+    for runner, ok in ((OrtRunner(int8_run / "model.int8.onnx"), True), (Drifting(int8_run / "model.int8.onnx"), False)):
+        with runner:
+            kernels = [c for c in quantized_checks("t", runner, int8_run / "model.onnx", plan, x, Gate())
+                       if c.check == "kernels:t"]
+        assert kernels and all(bool(c) == ok for c in kernels), [c.as_dict() for c in kernels]

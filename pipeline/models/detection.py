@@ -35,6 +35,10 @@ class DenseDetector:
                 "head.classification_head.module_list.*": "class scores per anchor (a head output)",
                 "head.regression_head.module_list.*": "box deltas per anchor (a head output)"}
 
+    def quantization_exclusions(self) -> dict[str, str]:
+        """The head's output layers stay float in INT8: their raw logits are what the decoding thresholds and ranks."""
+        return {p: f"{why}: a head output layer, kept in float" for p, why in self.protected_channels().items()}
+
     def decode_detections(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Per image {boxes (xyxy input pixels), scores, labels}: the model's own postprocess_detections."""
         n = next(iter(outputs.values())).shape[0]

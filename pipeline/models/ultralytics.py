@@ -87,6 +87,11 @@ class YoloCore:
                 f"{head}.cv4.*.2": "mask coefficients of the segmentation head",
                 f"{head}.proto.cv3.conv": "mask prototypes of the segmentation head"}
 
+    def quantization_exclusions(self) -> dict[str, str]:
+        """The head's output layers stay float in INT8 (as ultralytics' own INT8 export keeps its head float):
+        their raw logits are what the decoding thresholds and ranks."""
+        return {p: f"{why}: a head output layer, kept in float" for p, why in self.protected_channels().items()}
+
     def decode_detections(self, outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Per image {boxes (xyxy input pixels), scores, labels}: ultralytics' decoding (DFL, anchors, strides,
         sigmoid), then class-aware NMS at its validation settings (conf 0.001, IoU 0.7, 300 detections)."""

@@ -59,8 +59,8 @@ class Validate(Stage):
         "max_int8_accuracy_drop": Field((float,), lo=0.0, hi=1.0, help="with labels: the INT8 artifact's accuracy drop "
                                                                        "from the FP32 model"),
         "int8_steps": Field((float,), default=Gate.int8_steps, lo=0.0,
-                            help="an INT8 artifact's largest difference from its fake-quantized reference, in "
-                                 "quantization steps of each output"),
+                            help="how far an INT8 artifact's integer kernels may differ from its meaning (the file "
+                                 "with Q/DQ run as float ops), as a mean of quantization steps of each output"),
         "backends": Field((list,), check=_backends, help="a list of backends to check (default: all exported)"),
     }
 

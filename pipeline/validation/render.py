@@ -35,7 +35,8 @@ def summary(result) -> str:
             lines.append(_export_line(c))
         else:
             mark = "ok  " if c else "FAIL"
-            lines.append(f"  {mark} {c.check:<28} {c.output:<8} observed {c.observed:.4f}  allowed {c.allowed}")
+            lines.append(f"  {mark} {c.check:<28} {c.output:<8} observed {c.observed:.4f}  allowed {c.allowed}"
+                         + (f"  — {c.reason}" if not c and c.reason else ""))
     f = result.fidelity
     if f and "accuracy_original" in f:
         lines.append(f"  accuracy {f['accuracy_original']:.4f} -> {f['accuracy_compressed']:.4f} on {f['samples']} samples")

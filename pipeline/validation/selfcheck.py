@@ -55,7 +55,7 @@ def self_check(model: torch.nn.Module, path: Path, exports: dict, x: np.ndarray,
         with b.open(e.path) as runner:
             if e.gate and e.gate.get("kind") == "int8":  # the INT8 file holds its plan and matches its reference
                 fp32, plan = quantized_reference(path.parent, e.gate)
-                checks = quantized_checks(name, runner, fp32, plan, x, g.int8_steps)
+                checks = quantized_checks(name, runner, fp32, plan, x, g)
             else:
                 checks = export_checks(ref, runner, x, ref_outs, g)
         bad = [c for c in checks if not c]
