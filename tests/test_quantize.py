@@ -191,3 +191,28 @@ def test_the_kernel_check_fails_integer_results_a_few_steps_off(int8_run):
             kernels = [c for c in quantized_checks("t", runner, int8_run / "model.onnx", plan, x, Gate())
                        if c.check == "kernels:t"]
         assert kernels and all(bool(c) == ok for c in kernels), [c.as_dict() for c in kernels]
+
+
+def test_a_token_reduced_vit_quantizes_with_its_sensitive_ops_in_float(tmp_path):
+    """INT8 for a ViT with ToMe: Softmax and LayerNorm stay float (by op type), only weight MatMuls are quantized
+    (the attention and merge products stay float), and the INT8 gate passes the file."""
+    rng = np.random.default_rng(0)
+    for f, n in (("calib.npz", 64), ("eval.npz", 16)):
+        np.savez(tmp_path / f, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, n))
+    p = tmp_path / "vit.toml"
+    p.write_text('name = "vit-int8"\n[model]\narch = "vit"\nargs = {img_size = 32, patch_size = 4, embed_dim = 48, depth = 2, '
+                 'num_heads = 3, num_classes = 10}\ninput_shape = [1, 3, 32, 32]\n[data]\ncalib = "calib.npz"\n'
+                 'eval = "eval.npz"\n[[stages]]\nkind = "tokens"\nmethod = "tome"\nkeep = 0.9\n[[stages]]\n'
+                 'kind = "export_onnx"\n[[stages]]\nkind = "quantize"\ntarget = "fixed"\nsamples = 32\nmin_agreement = 0.0\n'
+                 '[[stages]]\nkind = "validate"\nsamples = 16\nmin_top1_agreement = 0.0\nmin_int8_agreement = 0.0\n')
+    res = run_cli("run", p, "--out", tmp_path / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    q = json.loads((tmp_path / "out" / "quantization.json").read_text())
+    kept = {f["why"].split(":")[0] for f in q["float"]}
+    assert {"LayerNormalization", "MatMul of two activations (attention scores, token similarity)"} <= kept, q["float"]
+    fp32 = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    inits = {i.name for i in fp32.graph.initializer}
+    products = {n.name for n in fp32.graph.node if n.op_type == "MatMul" and not any(i in inits for i in n.input)}
+    assert products and products <= {f["node"] for f in q["float"]}  # attention scores and the merges' products
+    weights = {n.input[1] for n in fp32.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    assert weights and weights <= {k for k, v in q["plan"].items() if v["kind"] == "weight"}  # the linears are INT8

@@ -68,9 +68,14 @@ def float_by_rule(proto: onnx.ModelProto, exclude: dict[str, str]) -> dict[str, 
     """Nodes kept in float before any measurement: sensitive op types, and nodes whose name or module matches an
     exclusion pattern ({pattern: why})."""
     out = {}
+    inits = {i.name for i in proto.graph.initializer}
     for n in proto.graph.node:
         if n.op_type in KEEP_FLOAT:
             out[n.name] = f"{n.op_type}: sensitive op type kept in float"
+            continue
+        if n.op_type == "MatMul" and not any(i in inits for i in n.input):
+            out[n.name] = ("MatMul of two activations (attention scores, token similarity): kept in float, "
+                           "as the merge decisions read it")
             continue
         mod = module_of(n)
         why = next((w for p, w in exclude.items() if fnmatch.fnmatch(n.name, p) or (mod and fnmatch.fnmatch(mod, p))), None)

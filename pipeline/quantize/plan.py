@@ -14,6 +14,9 @@ from onnx import numpy_helper
 from ..errors import InternalError
 
 
+WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # ops whose input 1 is a weight (int8, symmetric)
+
+
 def _value(inits: dict, name: str) -> np.ndarray | None:
     t = inits.get(name)
     return numpy_helper.to_array(t) if t is not None else None
@@ -23,6 +26,20 @@ def read_plan(path: Path) -> dict[str, dict]:
     """{fp32 tensor name: {kind, scale, zero_point, dtype, axis}} of the Q/DQ model at `path`."""
     proto = onnx.load(str(path))
     inits = {i.name: i for i in proto.graph.initializer}
+    readers: dict[str, list] = {}
+    for n in proto.graph.node:
+        for i, t in enumerate(n.input):
+            readers.setdefault(t, []).append((n, i))
+
+    def weighted(t: str, depth: int = 2) -> bool:
+        """Whether tensor t (through its Q/DQ) is the weight input of a conv, matmul or gemm."""
+        for n, i in readers.get(t, []):
+            if n.op_type in WEIGHTED and i == 1:
+                return True
+            if depth and n.op_type in ("QuantizeLinear", "DequantizeLinear") and weighted(n.output[0], depth - 1):
+                return True
+        return False
+
     plan = {}
     for n in proto.graph.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -37,6 +54,8 @@ def read_plan(path: Path) -> dict[str, dict]:
             kind = "bias" if numpy_helper.to_array(inits[n.input[0]]).dtype == np.int32 else "weight"
         else:
             continue  # the DQ half of an activation's pair: its Q carries the parameters
+        if kind == "weight" and not weighted(n.output[0]):
+            kind = "constant"  # a stored tensor another op reads (a class token, a position table): an activation's types
         if name in plan:
             continue
         plan[name] = {"kind": kind, "scale": np.atleast_1d(scale).astype(np.float64).tolist(),

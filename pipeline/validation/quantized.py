@@ -43,7 +43,7 @@ def reference_model(fp32: Path, plan: dict, out: Path) -> Path:
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
     for name, q in plan.items():
-        if q["kind"] in ("weight", "bias") and name in inits:
+        if q["kind"] in ("weight", "bias", "constant") and name in inits:
             arr = numpy_helper.to_array(inits[name])
             inits[name].CopyFrom(numpy_helper.from_array(_fake(arr.astype(np.float64), q).astype(arr.dtype), name))
     outputs = {o.name for o in g.output}
