@@ -59,6 +59,21 @@ def save(name: str, obj) -> Path:
     return p
 
 
+def publish(name: str, res: dict, plot, markdown, marker: str | None) -> Path:
+    """Save a benchmark's JSON, its plot beside it, print its table and paste it between the README's markers
+    (`marker` None: printed only)."""
+    path = save(name, res)
+    plot(res, path.with_suffix(".png"))
+    md = markdown(res)
+    if marker:
+        sys.path.insert(0, str(ROOT))
+        from scripts.fill_readme import fill
+
+        fill(marker, md, required=False)
+    print(md)
+    return path
+
+
 def interleaved_latency(files: list[Path], shape: list[int], rounds: int = 5, runs: int = 10, threads: int = 2) -> list[dict]:
     """Median-of-rounds onnxruntime CPU latency (ms, batch 1 and 32) per file, every file once per round, so
     a shared machine's drift hits every file alike."""

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from canvas import CACHE, SIZE, sets
-from common import ROOT, SHARED, interleaved_latency, save
+from common import publish, SHARED, interleaved_latency
 
 # (channel stage, allocation, repair): data-free, repaired, and allocated by measured sensitivity then repaired
 VARIANTS = [("prune", "uniform", False), ("intrafusion", "uniform", False), ("prune", "uniform", True),
@@ -185,16 +185,7 @@ def main():
     card = json.loads(ckpt.with_suffix(".json").read_text()) if ckpt.with_suffix(".json").exists() else {}
     res = {"model": "yolov8n (canvas-trained)", "images": len(x), "training": {k: card.get(k) for k in
            ("steps", "minutes", "images", "test_map50_95", "test_map50")}, "rows": rows}
-    path = save("detection.json", res)
-    plot(res, path.with_suffix(".png"))
-    md = markdown(res)
-    import sys
-
-    sys.path.insert(0, str(ROOT))
-    from scripts.fill_readme import fill
-
-    fill("detection", md, required=False)
-    print(md)
+    publish("detection.json", res, plot, markdown, "detection")
 
 
 def markdown(res: dict) -> str:

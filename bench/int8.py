@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import MODELS, ROOT, SHARED, eval_data, interleaved_latency, load, save
+from common import publish, MODELS, SHARED, eval_data, interleaved_latency, load
 
 CALIB = 512
 
@@ -167,14 +166,7 @@ def main():
         if "latency_b1_ms" in r:
             r["speedup_b1"], r["speedup_b32"] = fp["latency_b1_ms"] / r["latency_b1_ms"], fp["latency_b32_ms"] / r["latency_b32_ms"]
     res = {"rows": rows, "calibration_images": CALIB, "threads": 2}
-    path = save("int8.json", res)
-    plot(res, path.with_suffix(".png"))
-    md = markdown(res)
-    sys.path.insert(0, str(ROOT))
-    from scripts.fill_readme import fill
-
-    fill("int8", md, required=False)
-    print(md)
+    publish("int8.json", res, plot, markdown, "int8")
 
 
 def markdown(res: dict) -> str:

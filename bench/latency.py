@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common import MODELS, ROOT, SHARED, eval_data, interleaved_latency, load, save
+from common import publish, MODELS, SHARED, eval_data, interleaved_latency, load
 
 IMAGENET = {"tv_mobilenet_v2": ("mobilenet_v2", {"num_classes": 1000}), "tv_resnet50": ("resnet50", {"num_classes": 1000})}
 CIFAR = ["resnet20", "resnet56", "vgg11_bn_half", "mobilenetv2"]
@@ -165,14 +164,7 @@ def main():
         if r["target"]:
             r["within_10_percent"] = abs(r["latency"] / r["target"] - 1) <= 0.10
     res = {"rows": rows, "threads": 2, "batch": 1, "calibration_images": CALIB, "rounds": args.rounds}
-    path = save("latency.json", res)
-    plot(res, path.with_suffix(".png"))
-    md = markdown(res)
-    sys.path.insert(0, str(ROOT))
-    from scripts.fill_readme import fill
-
-    fill("latency", md, required=False)
-    print(md)
+    publish("latency.json", res, plot, markdown, "latency")
 
 
 def markdown(res: dict) -> str:

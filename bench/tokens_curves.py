@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 
 import torch
 
-from common import CIFAR_NORM, ROOT, load, need, save
+from common import publish, CIFAR_NORM, load, need
 
 from otcompress.metrics import count_flops
 from otcompress.tokens.patch import apply_token_reduction
@@ -104,15 +103,7 @@ def main():
                          "top1": top1(reduced(base, cfg), x, y), "seconds": round(time.perf_counter() - t0, 1)})
             print(rows[-1], flush=True)
     res = {"images": len(x), "every": args.every, "rows": rows}
-    path = save(args.out, res)
-    plot(res, path.with_suffix(".png"))
-    md = markdown(res)
-    sys.path.insert(0, str(ROOT))
-    from scripts.fill_readme import fill
-
-    if args.every == 1:
-        fill("tokens-curves", md, required=False)
-    print(md)
+    publish(args.out, res, plot, markdown, "tokens-curves")
 
 
 def markdown(res: dict) -> str:

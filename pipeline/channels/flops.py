@@ -10,20 +10,30 @@ import torch.nn as nn
 from .groups import CONV, Group, is_depthwise
 
 
-def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+def per_layer(model: nn.Module, example: torch.Tensor, fn) -> dict:
+    """{layer name: fn(module, its input, its output)} for every conv/linear layer, from one forward pass."""
     names = {m: n for n, m in model.named_modules()}
     out = {}
 
     def hook(m, i, o):
-        spatial = o[0].numel() / o.shape[1] if isinstance(m, CONV) else o[..., 0].numel() / o.shape[0]
-        out[names[m]] = 2.0 * m.weight.numel() * spatial
+        out[names[m]] = fn(m, i[0], o)
 
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (CONV, nn.Linear))]
-    with torch.no_grad():
-        model(example)
-    for h in hs:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hs:
+            h.remove()
     return out
+
+
+def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    def flops(m, x, o):
+        spatial = o[0].numel() / o.shape[1] if isinstance(m, CONV) else o[..., 0].numel() / o.shape[0]
+        return 2.0 * m.weight.numel() * spatial
+
+    return per_layer(model, example, flops)
 
 
 class FlopsModel:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .flops import FlopsModel
+from .flops import FlopsModel, per_layer
 from .groups import CONV, Group, is_depthwise
 
 GRID = (0.25, 0.5, 0.75, 1.0)  # kept fractions at which every layer is timed
@@ -103,27 +103,16 @@ def _time_layer(spec: dict, cin: int, cout: int, batch: int, threads: int, runs:
 
 def layer_specs(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
     """Each conv/linear layer's geometry at the example's shape (its input's spatial size, kernel, stride, ...)."""
-    names = {m: n for n, m in model.named_modules()}
-    out = {}
-
-    def hook(m, inp, o):
-        x = inp[0]
+    def spec(m, x, o):
         if isinstance(m, CONV):
             if m.groups > 1 and not is_depthwise(m) or m.weight.dim() != 4 or isinstance(m, nn.modules.conv._ConvTransposeNd):
-                out[names[m]] = {"op": "fixed", "ms": None}
-                return
+                return {"op": "fixed", "ms": None}
             pads = list(m.padding) * 2 if not isinstance(m.padding, str) else [0, 0, 0, 0]
-            out[names[m]] = {"op": "Conv", "kernel": list(m.kernel_size), "stride": list(m.stride), "pads": pads,
-                             "dilation": list(m.dilation), "hw": list(x.shape[2:]), "depthwise": is_depthwise(m)}
-        else:
-            out[names[m]] = {"op": "Linear", "lead": list(x.shape[1:-1])}
+            return {"op": "Conv", "kernel": list(m.kernel_size), "stride": list(m.stride), "pads": pads,
+                    "dilation": list(m.dilation), "hw": list(x.shape[2:]), "depthwise": is_depthwise(m)}
+        return {"op": "Linear", "lead": list(x.shape[1:-1])}
 
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (CONV, nn.Linear))]
-    with torch.no_grad():
-        model(example)
-    for h in hs:
-        h.remove()
-    return out
+    return per_layer(model, example, spec)
 
 
 class LatencyModel(FlopsModel):
