@@ -173,7 +173,8 @@ def timm_one(name: str) -> dict:
         t0 = time.perf_counter()
         res = run_cli("run", recipe, "--out", td / "out", "--quiet")
         row["seconds"] = round(time.perf_counter() - t0, 1)
-        last = res.output.strip().splitlines()[-1] if res.output.strip() else ""
+        lines = res.output.strip().splitlines()
+        last = " | ".join([ln.strip() for ln in lines if "FAIL" in ln or "error" in ln] or lines[-1:])
         row["exit"] = res.exit_code
         if res.exit_code == 0:
             rep = json.loads((td / "out" / "report.json").read_text())
@@ -185,10 +186,11 @@ def timm_one(name: str) -> dict:
             val = run_cli("validate", td / "out")
             row["result"] = "ok" if load.exit_code == 0 and val.exit_code == 0 else "failed"
             if row["result"] != "ok":
-                row["message"] = (load.output + val.output).strip().splitlines()[-1][:300]
+                text = (load.output + val.output).strip().splitlines()
+                row["message"] = " | ".join([ln.strip() for ln in text if "FAIL" in ln or "error" in ln] or text[-1:])[:600]
         else:
             row["result"] = "refused" if res.exit_code == 2 else "failed"
-            row["message"] = last[:300]
+            row["message"] = last[:600]
     return row
 
 

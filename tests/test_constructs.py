@@ -122,3 +122,17 @@ def test_prelu_slopes_follow_the_channels():
     model = net("projection")
     shrink_channels(model, X[:1], "prune", sparsity=0.5, progress=False)
     assert model.act.num_parameters == model.act.weight.shape[0] == model.conv2.out_channels == model.short.out_channels == 6
+
+
+def test_a_size_read_from_another_tensor_is_found_by_the_trial_and_left_whole():
+    """The graph shows `reshape(b, c, h, w)` with constants: shrinking the stem breaks the forward (v's channels
+    are mixed with positions, which the graph shows). The trial shrink finds the stem, leaves it whole with the
+    error, and the rest shrinks and runs."""
+    model = net("size_from_input")
+    graph = GroupGraph(model, X[:1])
+    whole = {f.root: f.reason for f in graph.frozen}
+    assert "reads its size elsewhere" in whole["stem"] and "shape" in whole["stem"] and "v" in whole, whole
+    rep = shrink_channels(model, X[:1], "prune", sparsity=0.5, progress=False)
+    assert [r["group"] for r in rep if r["after"] < r["before"]] == ["head"]
+    with torch.no_grad():
+        assert model(X).shape == (4, 5)

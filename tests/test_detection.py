@@ -63,22 +63,18 @@ def test_detector_or_segmenter_shrinks_exports_validates_and_reloads(case, tmp_p
     assert v.exit_code == 0, v.output
 
 
-def _wrong(case, tmp_path):
-    """The compressed model, its correct export, and the inputs, for the wrong-export cases."""
-    from otcompress.channels.fold_bn import fold_batchnorm
-    from otcompress.channels.shrink import shrink_channels
+def _yolo(tmp_path):
+    """A YOLOv8n with sensible random weights (unfolded, built anew by each call), its example and probe images."""
     from otcompress.models import load
 
     from .detectors import MEAN, STD, images
 
+    case = DETECTORS[0]
     ckpt, _ = materialise(case, tmp_path / "m")
-    model = load(spec(case, ckpt))
     example = torch.zeros(1, 3, case.size, case.size)
-    fold_batchnorm(model, example)
-    shrink_channels(model, example, "prune", sparsity=0.3, progress=False)
     x = torch.from_numpy(images(case, 8, 4)).permute(0, 3, 1, 2).float() / 255
     x = ((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)).numpy()
-    return model.eval(), example, x
+    return (lambda: load(spec(case, ckpt))), example, x
 
 
 def _gate(reference, exported, example, x, path):
@@ -95,55 +91,29 @@ def _gate(reference, exported, example, x, path):
 def test_the_detection_gate_passes_a_correct_export_and_fails_every_wrong_one(tmp_path):
     import copy
 
-    from otcompress.channels.fold_bn import fold_batchnorm
+    from .wrong_exports import detector_cases
 
-    case = DETECTORS[0]  # YOLOv8n
-    model, example, x = _wrong(case, tmp_path)
-    ok = _gate(model, model, example, x, tmp_path / "ok.onnx")
-    assert ok.passed, [c.as_dict() for c in ok.checks]
-    cases = {}
-    m = copy.deepcopy(model)  # one weight tensor perturbed by 1e-3 (relative)
-    with torch.no_grad():
-        w = m.model[2].cv1.conv.weight
-        w.mul_(1 + 1e-3 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
-    cases["perturbed weight"] = m
-    m = copy.deepcopy(model)  # two class-score channels of the head swapped
-    with torch.no_grad():
-        conv = m.model[-1].cv3[0][2]
-        conv.weight[[0, 1]] = conv.weight[[1, 0]].clone()
-        conv.bias[[0, 1]] = conv.bias[[1, 0]].clone()
-    cases["two head channels swapped"] = m
-    raw = load_unfolded(case, tmp_path)  # BatchNorm folded without its eps, as the Intra-Fusion reference does
-    ref = copy.deepcopy(raw)
-    fold_batchnorm(ref, example)
-    for mod in raw.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.eps = 0.0
-    fold_batchnorm(raw, example)
-    cases["BN folded without eps"] = (ref, raw)
+    build, example, x = _yolo(tmp_path)
+    cases = detector_cases(build, example)
+    model = cases["correct"][0]
     m = copy.deepcopy(model)  # a box-head output channel pruned away
     with torch.no_grad():
         conv = m.model[-1].cv2[0][2]
         conv.weight = torch.nn.Parameter(conv.weight[1:].clone())
         conv.bias = torch.nn.Parameter(conv.bias[1:].clone())
         conv.out_channels -= 1
-    cases["a box-head output pruned"] = m
-    for name, wrong in cases.items():
-        ref, bad = wrong if isinstance(wrong, tuple) else (model, wrong)
+    cases["a box-head output pruned"] = (model, m)
+    for name, (ref, bad) in cases.items():
         try:
-            res = _gate(ref, bad, example, x, tmp_path / "bad.onnx")
+            res = _gate(ref, bad, example, x, tmp_path / "m.onnx")
         except Exception as e:  # a pruned head output breaks the export's own head: that is a failure too
             assert name == "a box-head output pruned", (name, e)
             continue
+        if name == "correct":
+            assert res.passed, [c.as_dict() for c in res.checks]
+            continue
         assert not res.passed, name
         assert any(not c for c in res.checks if c.check.startswith("export:")), name
-
-
-def load_unfolded(case, tmp_path):
-    from otcompress.models import load
-
-    ckpt = str(tmp_path / "m" / f"{case.id}.safetensors")
-    return load(spec(case, ckpt))
 
 
 def test_a_detector_that_finds_nothing_fails_the_fidelity_check(tmp_path):
@@ -152,8 +122,11 @@ def test_a_detector_that_finds_nothing_fails_the_fidelity_check(tmp_path):
     from otcompress.exporters.pytorch import TorchRunner
     from otcompress.validation import Gate, validate
 
-    case = DETECTORS[0]
-    model, example, x = _wrong(case, tmp_path)
+    from otcompress.channels.fold_bn import fold_batchnorm
+
+    build, example, x = _yolo(tmp_path)
+    model = build()
+    fold_batchnorm(model, example)
     blind = copy.deepcopy(model)
     with torch.no_grad():
         for conv in blind.model[-1].cv3:

@@ -181,3 +181,37 @@ def test_a_run_whose_export_check_fails_exits_1_with_the_artifacts_kept(quicksta
     res = run_cli("run", quickstart_copy, "--out", tmp_path / "out")
     assert res.exit_code == 1 and "FAIL export:onnxruntime" in res.output and "internal error" not in res.output, res.output
     assert (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_an_ill_conditioned_model_is_judged_against_its_own_float32_rounding():
+    """A model whose float32 result is far from its float64 one (a large cancellation): a backend that computes
+    the float64 answer is correct and passes by the model's own rounding floor; one 10x further off fails."""
+    from otcompress.exporters.base import Runner
+    from otcompress.exporters.pytorch import TorchRunner
+    from otcompress.validation.gate import FLOOR_FACTOR, Gate, export_checks, float32_floor
+
+    class Cancel(torch.nn.Module):
+        def forward(self, x):
+            big = x.mean((2, 3)) * 3e4 + 1e4
+            return (big * 1.00001 - big * 0.99999) * 1e3  # float32 loses the last digits; float64 keeps them
+
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    ref = TorchRunner(Cancel(), input_shape=[1, 3, 8, 8])
+    with torch.no_grad():
+        exact = Cancel().double()(torch.from_numpy(x).double()).numpy()
+
+    class Fixed(Runner):
+        def __init__(self, out):
+            super().__init__()
+            self.name, self.out, self.input_shape, self.input_dtype = "fixed", out, [None, 3, 8, 8], np.float32
+
+        def _infer(self, x, taps):
+            return {"logits": self.out[: len(x)]}
+
+    ref_outs = ref.infer_batched(x)
+    floor = float32_floor(ref, x)["logits"]
+    assert floor > 1e-4  # beyond the default atol: without the floor a correct answer would fail
+    ok = export_checks(ref, Fixed(exact.astype(np.float32)), x, ref_outs, Gate())
+    assert all(ok) and ok[0].details["float32_floor"] == floor
+    off = ref_outs["logits"] + 10 * FLOOR_FACTOR * floor
+    assert not any(export_checks(ref, Fixed(off.astype(np.float32)), x, ref_outs, Gate()))

@@ -130,3 +130,33 @@ WRONG_CNN = {
     "BatchNorm folded without its eps (the Intra-Fusion reference's fold)": lambda m, chosen: _fold_prune(chosen, eps=0.0),
     "a pruned channel's producer row and consumer column left in place": lambda m, chosen: _fold_prune(chosen, extra=1),
 }
+
+
+# ---- detectors: an ultralytics YOLOv8n -------------------------------------------------------------
+def detector_cases(build, example: torch.Tensor) -> dict[str, tuple[torch.nn.Module, torch.nn.Module]]:
+    """{case: (reference, exported)} for a YOLOv8n built (unfolded) by `build()`: the correct export of it folded
+    and pruned 30%, and wrong ones: a weight perturbed, two class-score channels of the head swapped, BatchNorm
+    folded without its eps. Used by tests/test_detection.py and bench/gate.py."""
+    from otcompress.channels.fold_bn import fold_batchnorm
+    from otcompress.channels.shrink import shrink_channels
+
+    model = build()
+    fold_batchnorm(model, example)
+    shrink_channels(model, example, "prune", sparsity=0.3, progress=False)
+    model.eval()
+    cases = {"correct": (model, model)}
+    cases["one weight tensor perturbed by 1e-3 (relative)"] = (model, _perturb(model, "model.2.cv1.conv.weight"))
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        conv = m.model[-1].cv3[0][2]
+        conv.weight[[0, 1]] = conv.weight[[1, 0]].clone()
+        conv.bias[[0, 1]] = conv.bias[[1, 0]].clone()
+    cases["two class-score channels of the head swapped"] = (model, m)
+    ref, raw = build(), build()
+    fold_batchnorm(ref, example)
+    for mod in raw.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eps = 0.0
+    fold_batchnorm(raw, example)
+    cases["BatchNorm folded without its eps (the Intra-Fusion reference's fold)"] = (ref.eval(), raw.eval())
+    return cases

@@ -13,6 +13,8 @@ RESIZE registry."""
 
 from __future__ import annotations
 
+import copy
+
 import fnmatch
 import re
 from collections import defaultdict
@@ -203,6 +205,58 @@ class GroupGraph:
                 by_group[g].append(u)
         for gid, prods in sorted(members.items(), key=lambda kv: min(u.order for u in kv[1])):
             self._build(gid, prods, by_group[gid], frozen, gu)
+        self._trial(example)
+
+    # ---------------------------------------------------------------------------------------------
+    def _trial(self, example: torch.Tensor) -> None:
+        """Shrink every group by one channel per chunk on a copy and run it: code that reads a group's size from
+        another tensor's shape (`B, C, H, W = x.shape` then `out.reshape(B, C, H, W)` in timm's lambda layers)
+        is invisible in the exported graph, where every size is a constant. The groups whose trial breaks the
+        forward (found by bisection) are left whole, with the error."""
+        def breaks(groups: list[Group]) -> str | None:
+            copy_ = copy.deepcopy(self.model).eval()
+            plan = {}
+            for g in groups:
+                keep = torch.ones(g.n, dtype=torch.bool)
+                for members in g.chunk_members():
+                    free = [int(i) for i in members if g.forced is None or not g.forced[i]]
+                    if not free:
+                        break
+                    keep[free[-1]] = False
+                else:
+                    plan[g.root] = torch.nonzero(keep).flatten()
+            self.apply(plan, dict(copy_.named_modules()))  # one call: positions are the original layout's
+            try:
+                with torch.no_grad():
+                    copy_(example)
+            except Exception as e:  # the model's own code refused the shrunk sizes
+                return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            return None
+
+        tried = [g for g in self._groups if not g.placement]  # grouped-conv feeders: placement moves channels first
+        if not tried or breaks(tried) is None:
+            return
+        culprits: dict[str, str] = {}
+
+        def search(groups: list[Group]) -> None:
+            why = breaks(groups)
+            if why is None:
+                return
+            if len(groups) == 1:
+                culprits[groups[0].root] = why
+                return
+            half = len(groups) // 2
+            before = len(culprits)
+            search(groups[:half])
+            search(groups[half:])
+            if len(culprits) == before:  # only together: leave them all whole
+                culprits.update({g.root: why for g in groups})
+
+        search(tried)
+        for g in [g for g in self._groups if g.root in culprits]:
+            self._groups.remove(g)
+            self.frozen.append(Frozen(g.root, g.n, "the model's code reads its size elsewhere (not in the exported "
+                                      f"graph): shrinking it breaks the forward ({culprits[g.root]})", g.layers))
 
     # ---------------------------------------------------------------------------------------------
     def _param_uses(self, trace) -> list[Use]:
@@ -294,9 +348,10 @@ class GroupGraph:
             out = [g for g in out if g.internal]
         return out
 
-    def apply(self, keep: dict[str, torch.Tensor]) -> None:
+    def apply(self, keep: dict[str, torch.Tensor], modules: dict | None = None) -> None:
         """Remove, in every layer, the positions of the channels each named group does not keep (root ->
-        kept channel indices). Values must already be where they are kept (fusion and placement write them)."""
+        kept channel indices). Values must already be where they are kept (fusion and placement write them).
+        `modules`: {name: module} of a copy of the model to cut instead (default: the model's own)."""
         drops: dict[tuple, set] = defaultdict(set)
         roles: dict[tuple, Slice] = {}
         for g in self._groups:
@@ -311,10 +366,10 @@ class GroupGraph:
                 roles[key] = s
         for key, gone in drops.items():
             if gone:
-                self._remove(roles[key], gone)
+                s = roles[key]
+                self._remove(s, gone, modules[s.name] if modules is not None else s.module)
 
-    def _remove(self, s: Slice, gone: set) -> None:
-        m = s.module
+    def _remove(self, s: Slice, gone: set, m: nn.Module) -> None:
         if s.role == "split":  # a constraint: nothing to cut
             return
         if s.role == "attr":  # the attribute counts the channels it saw: the kept ones now

@@ -7,6 +7,8 @@ their dense raw head outputs, decoded outside the graph)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 
@@ -50,6 +52,41 @@ def model_facts(arch: str, args: dict, model: nn.Module) -> dict | None:
     return source.facts(name, args, model)
 
 
+def failing_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """" in layer NAME (Class)": the innermost module whose forward was running when the model raised on x."""
+    names = {m: n for n, m in model.named_modules()}
+    stack, hit = [], []
+
+    def pre(m, args):
+        stack.append(m)
+
+    def post(m, args, out):
+        stack.pop()
+
+    hooks = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception:
+        hit = list(stack)
+    finally:
+        for h in hooks:
+            h.remove()
+    inner = hit[-1] if hit else None
+    return f" in layer {names[inner]} ({type(inner).__name__})" if inner is not None and names[inner] else ""
+
+
+def where(e: BaseException) -> str:
+    """The raising line of an exception without a message (a bare assert): file:line and the code."""
+    import traceback
+
+    tb = [f for f in traceback.extract_tb(e.__traceback__) if f"{Path('torch')}/" not in f.filename.replace("\\", "/")]
+    if not tb:
+        return "(no message)"
+    f = tb[-1]  # the model's own line, not torch's assert helper
+    return f"{Path(f.filename).name}:{f.lineno}: {f.line}"
+
+
 def check_outputs(model: nn.Module, example: torch.Tensor, arch: str) -> nn.Module:
     """A model must map an image batch to tensors whose first dimension is the batch and whose shapes do not
     depend on the images' content (a second batch of two other images checks it).
@@ -67,7 +104,7 @@ def check_outputs(model: nn.Module, example: torch.Tensor, arch: str) -> nn.Modu
             if x is not example:  # the model's own bug at batch 2: measuring the model reports it, as a bug
                 return None
             raise OTCError(f"model {arch!r} does not run on an input of shape {list(x.shape)} "
-                           f"(model.input_shape): {type(e).__name__}: {str(e)[:300]}") from None
+                           f"(model.input_shape){failing_layer(model, x)}: {type(e).__name__}: {str(e)[:300] or where(e)}") from None
         try:
             flat = flatten(out)
         except TypeError as e:

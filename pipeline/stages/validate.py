@@ -79,7 +79,10 @@ class Validate(Stage):
         precision = "fp16" if any(e.precision == "fp16" for _, e in runs) else "fp32"  # what was built, not asked for
         atol, rtol = tolerances(precision)
         settings = {k: v for k, v in params.items() if k in Gate.__dataclass_fields__ and v is not None}
-        gate = Gate(**{**task_gate_defaults(ctx), "atol": atol, "rtol": rtol, **settings})
+        task = task_gate_defaults(ctx)
+        if precision != "fp32":  # a task's tolerances are for FP32 artifacts; an FP16 engine keeps its own
+            task = {k: v for k, v in task.items() if k not in ("atol", "rtol")}
+        gate = Gate(**{"atol": atol, "rtol": rtol, **task, **settings})
         backends = [b.open(e.path) for b, e in runs]
         shape = ctx.input_shape
         res = validate(TorchRunner(ctx.model, "pytorch:compressed", input_shape=shape), backends, probe.x, gate,

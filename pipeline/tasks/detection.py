@@ -61,9 +61,10 @@ def decode(model, outputs: dict[str, np.ndarray]) -> list[dict]:
 class Detection(Task):
     name = "detection"
     # raw head / score-map tensors reach magnitudes of hundreds, where float32 rounding alone differs by more than
-    # a fixed 1e-4 between two correct computations: atol grows with the output's scale (measured: correct exports
-    # differ by ~2e-6 of it, see the README's detection gate table)
-    gate_defaults = {"atol_scale": 1e-5}
+    # a fixed 1e-4 between two correct computations: atol grows with the output's scale. Large raw logits make a
+    # relative tolerance of 1e-3 loose: on the trained YOLOv8n a 1e-3 change of one early weight tensor moves
+    # outputs by up to 7e-4 of themselves, a correct export by 9e-7 (the README's gate table): rtol 1e-4 fails it.
+    gate_defaults = {"atol_scale": 1e-5, "rtol": 1e-4}
     columns = (("map50_95_vs_original", "mAP vs orig"), ("max_abs_error", "max |Δ|"), ("map50_95", "mAP50-95"))
 
     def matches(self, model, outputs, example):
