@@ -176,7 +176,7 @@ def test_onnx_models_past_the_protobuf_limit_are_checked_by_path(tmp_path, monke
 def test_a_run_whose_export_check_fails_exits_1_with_the_artifacts_kept(quickstart_copy, tmp_path):
     """A tolerance the export cannot meet is the user's reported failure (exit 1), not an internal error: the
     reload self-check does not re-judge what the validation already failed."""
-    text = quickstart_copy.read_text().replace('[[stages]]\nkind = "validate"', '[[stages]]\nkind = "validate"\natol = 0.0\nrtol = 0.0')
+    text = quickstart_copy.read_text().replace('[[stages]]\nkind = "validate"', '[[stages]]\nkind = "validate"\natol = 0.0\nrtol = 0.0\nfloat32_floor = false')
     quickstart_copy.write_text(text)
     res = run_cli("run", quickstart_copy, "--out", tmp_path / "out")
     assert res.exit_code == 1 and "FAIL export:onnxruntime" in res.output and "internal error" not in res.output, res.output

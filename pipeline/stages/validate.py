@@ -37,6 +37,9 @@ class Validate(Stage):
         "atol_scale": Field((float,), lo=0.0, help="a non-negative number: atol is at least this times each output's "
                                                   "largest magnitude (default: the task's, 1e-5 for detectors and "
                                                   "segmenters, 0 for classifiers)"),
+        "float32_floor": Field((bool,), default=Gate.float32_floor,
+                               help="judge a failing output against 4x the model's own float32 error (its distance "
+                                    "from float64 on the same inputs); false: the tolerances alone"),
         "error_stat": Field((str,), default="elemwise", choices=ERROR_STATS,
                             help="Polygraphy's check_error_stat: elemwise, max, mean or median"),
         "samples": Field((int,), default=64, lo=1, help="a positive integer"),
