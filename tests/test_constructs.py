@@ -136,3 +136,18 @@ def test_a_size_read_from_another_tensor_is_found_by_the_trial_and_left_whole():
     assert [r["group"] for r in rep if r["after"] < r["before"]] == ["head"]
     with torch.no_grad():
         assert model(X).shape == (4, 5)
+
+
+def test_a_weight_standardized_conv_shrinks_as_its_parameter():
+    """timm's StdConv2d convolves with a weight computed from its parameter (reshape, batch_norm, reshape_as): the
+    parameter's channels are the weight's, so it is a producer like any conv (was: no group at all)."""
+    from timm.layers import StdConv2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(StdConv2d(3, 8, 3, padding=1), torch.nn.ReLU(), StdConv2d(8, 6, 1),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 5)).eval()
+    assert [g.root for g in GroupGraph(model, X[:1]).groups()] == ["0", "2"]
+    shrink_channels(model, X[:1], "prune", sparsity=0.5, progress=False)
+    assert model[0].weight.shape == (4, 3, 3, 3) and model[2].weight.shape == (3, 4, 1, 1)
+    with torch.no_grad():
+        assert model(X).shape == (4, 5)

@@ -114,6 +114,30 @@ class Graph:
             return name, attr
         return None
 
+    # ops a layer may apply to its own weight before using it (weight standardization: reshape, batch_norm,
+    # reshape_as): each keeps the weight's elements where they were, so the weight's channels are the parameter's
+    WEIGHT_TRANSFORMS = ("reshape", "view", "_unsafe_view", "reshape_as", "batch_norm", "clone", "contiguous",
+                         "_to_copy", "mul", "div", "sub", "add")
+
+    def weight_owner(self, node) -> tuple[str, str] | None:
+        """`owner`, or the parameter a computed weight is made from element by element (StdConv2d's standardized
+        weight): followed back through WEIGHT_TRANSFORMS of its first argument to a parameter of the same shape."""
+        hit = self.owner(node)
+        if hit is not None or not isinstance(node, torch.fx.Node):
+            return hit
+        shape = tuple(getattr(node.meta.get("val"), "shape", ()))
+        cur = node
+        for _ in range(6):
+            if cur.op != "call_function" or self.op(cur) not in self.WEIGHT_TRANSFORMS or not cur.args:
+                return None
+            cur = cur.args[0]
+            if not isinstance(cur, torch.fx.Node):
+                return None
+            hit = self.owner(cur)
+            if hit is not None:
+                return hit if tuple(getattr(cur.meta.get("val"), "shape", ())) == shape else None
+        return None
+
     @staticmethod
     def module_name(node) -> str:
         """The innermost module the op runs in ("" at the top level)."""

@@ -116,7 +116,7 @@ def conv(t: Tracer, node):
     op = t_op(node)
     transposed = op.startswith("conv_transpose") or (op == "convolution" and node.args[6])
     groups = _conv_groups(node)
-    own, bown = t.g.owner(w), t.g.owner(b)
+    own, bown = t.g.weight_owner(w), t.g.owner(b)
     where = t.g.where(node)
     if own is None:
         return t.unknown(node, f"convolution with a computed weight in {where}")
