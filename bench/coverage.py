@@ -5,6 +5,7 @@ time limit. Writes bench/results/coverage.json and the table between the coverag
 
     .venv/bin/python bench/coverage.py [--tp-timeout 300] [--rows FILE] [--tp-only FILE | --tp FILE]
     .venv/bin/python bench/coverage.py --timm-sample 24 --seed 0 [--timeout 900]
+    .venv/bin/python bench/coverage.py --seed 0 --rerun NAME[,NAME]   (drawn models again, after a fix)
 
 --rows reuses the rows a `make test` run wrote with OTC_COVERAGE_JSON=FILE; --tp-only/--tp measure Torch-Pruning
 separately and reuse it (the two halves can run side by side).
@@ -277,6 +278,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=int, default=900, help="seconds per drawn model")
     ap.add_argument("--timm-one")
+    ap.add_argument("--rerun", help="with --timm-sample's seed: run these drawn models again (comma-separated) "
+                                    "and redo the table")
     ap.add_argument("--tp-timm", nargs=2, metavar=("NAME", "SIZE"))
     args = ap.parse_args()
     if args.timm_one:
@@ -284,6 +287,21 @@ def main():
         return
     if args.tp_timm:
         print(json.dumps(torch_pruning_timm(args.tp_timm[0], int(args.tp_timm[1]))))
+        return
+    if args.rerun:
+        out = ROOT / "bench" / "results" / f"coverage_timm_seed{args.seed}.json"
+        res = json.loads(out.read_text())
+        for name in args.rerun.split(","):
+            i = next(i for i, r in enumerate(res["rows"]) if r["model"] == f"timm:{name}")
+            row = _subprocess(["--timm-one", name], args.timeout)
+            row.setdefault("model", f"timm:{name}")
+            row["torch_pruning"] = res["rows"][i].get("torch_pruning")
+            res["rows"][i] = row
+            print(json.dumps(row), flush=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        md = timm_table(res["rows"], res["skipped"], args.seed)
+        fill("timm-sample", md, required=False)
+        print(md)
         return
     if args.timm_sample:
         names, skipped = timm_draw(args.timm_sample, args.seed)

@@ -88,7 +88,8 @@ def choose(fp32: Path, work: Path, calib: np.ndarray, held: np.ndarray, given: S
                      "speedup_vs_fp32": speed, "seconds": round(q.seconds, 2)})
         progress(f"  {s.label:<36} agreement {a:.4f}" + (f"  {speed:.2f}x FP32 speed" if speed else ""))
         ok = a >= min_agreement
-        key = (ok, speed if speed is not None else 0.0, a)
+        # among those that agree the fastest; where none does, the closest, which the fallback starts from
+        key = (ok, speed if speed is not None else 0.0, a) if ok else (ok, a, speed if speed is not None else 0.0)
         if best is None or key > best[0]:
             best = (key, q, a)
     (ok, _, _), q, a = best
