@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -241,7 +242,8 @@ def timm_table(rows: list[dict], skipped: list[dict], seed: int) -> str:
              "| model | params | input | otcompress | groups shrunk / left whole | FLOPs kept | Torch-Pruning (30%) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        res = "✓" if r["result"] == "ok" else f"{'refused' if r['result'] == 'refused' else '✗'}: {r.get('message', r.get('error', ''))[:120]}"
+        msg = re.sub(r"^error: \S+: (loading the model: )?", "", r.get("message", r.get("error", "")))  # the temp recipe's path
+        res = "✓" if r["result"] == "ok" else f"{'refused' if r['result'] == 'refused' else '✗'}: {msg[:220]}"
         tp = r.get("torch_pruning") or {}
         tp_cell = "✓" if tp.get("ok") else f"✗ {tp.get('error', 'no reduction')[:80]}"
         groups = f"{r['shrunk']} / {r['left_whole']}" if "shrunk" in r else "—"
