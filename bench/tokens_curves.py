@@ -1,13 +1,13 @@
 """Accuracy against FLOPs of every token-reduction method and form on vit_tiny_p2 (CIFAR-10 test.npz, every
-`--every`-th image; 1 = all 10,000): ToMe; PiToMe with the paper's energy and the public code's (ELU), margin
+`--every`-th image; 1 = all 10,000): ToMe; the defaults of PiToMe and OTPrune; PiToMe (mergeable 1) with the paper's energy and the public code's (ELU), margin
 m0 = 0.9 (the paper's schedule) and 0.75 (the public code's for DeiT), with and without proportional
-attention; OTPrune in drop mode (the paper's selection in every block), in merge mode (the tokens it does not
+attention; OTPrune (the paper's gamma 0.01) in drop mode (the paper's selection in every block), in merge mode (the tokens it does not
 select merged, size-weighted, into their most similar selected token), and applied once, at one block, as the
 paper applies it. Each form is run at the FLOPs of ToMe at keep 0.95 … 0.7 (its keep found by bisection so
 its measured FLOPs land within 1% of ToMe's). bench/results/tokens_curves.json, tokens_curves.png and the
 README table.
 
-    .venv/bin/python bench/tokens_curves.py [--every 5] [--forms tome,pitome,...] [--keeps 0.95,0.9,0.8,0.7]
+    .venv/bin/python bench/tokens_curves.py [--every 5] [--forms 'tome;otprune merge (every block)'] [--keeps 0.95,0.9,0.8,0.7]
 """
 
 from __future__ import annotations
@@ -23,19 +23,23 @@ from common import publish, CIFAR_NORM, load, need
 from otcompress.metrics import count_flops
 from otcompress.tokens.patch import apply_token_reduction
 
+PAPER_PITOME = {"method": "pitome", "mergeable": 1.0}  # every A token of the 2r highest-energy ones merges
+PAPER_OTPRUNE = {"method": "otprune", "gamma": 0.01}  # the public code's kernel scale
 FORMS = {
     "tome": {"method": "tome"},
-    "pitome (paper energy, m0 0.9)": {"method": "pitome", "margin": 0.9, "energy": "paper"},
-    "pitome (paper energy, m0 0.75)": {"method": "pitome", "margin": 0.75, "energy": "paper"},
-    "pitome (public-code ELU energy, m0 0.9)": {"method": "pitome", "margin": 0.9, "energy": "elu"},
-    "pitome (public-code ELU energy, m0 0.75)": {"method": "pitome", "margin": 0.75, "energy": "elu"},
-    "pitome (paper energy, m0 0.9, no prop. attention)": {"method": "pitome", "margin": 0.9, "energy": "paper",
+    "pitome (default: ELU energy, m0 0.9, mergeable 2)": {"method": "pitome"},
+    "otprune (default: merge, gamma 1, every block)": {"method": "otprune"},
+    "pitome (paper energy, m0 0.9)": {**PAPER_PITOME, "margin": 0.9, "energy": "paper"},
+    "pitome (paper energy, m0 0.75)": {**PAPER_PITOME, "margin": 0.75, "energy": "paper"},
+    "pitome (public-code ELU energy, m0 0.9)": {**PAPER_PITOME, "margin": 0.9, "energy": "elu"},
+    "pitome (public-code ELU energy, m0 0.75)": {**PAPER_PITOME, "margin": 0.75, "energy": "elu"},
+    "pitome (paper energy, m0 0.9, no prop. attention)": {**PAPER_PITOME, "margin": 0.9, "energy": "paper",
                                                           "prop_attn": False},
-    "otprune drop (every block)": {"method": "otprune", "mode": "drop"},
-    "otprune merge (every block)": {"method": "otprune", "mode": "merge"},
-    "otprune once at block 1 (drop)": {"method": "otprune", "mode": "drop", "blocks": [1]},
-    "otprune once at block 1 (merge)": {"method": "otprune", "mode": "merge", "blocks": [1]},
-    "otprune once at block 3 (merge)": {"method": "otprune", "mode": "merge", "blocks": [3]},
+    "otprune drop (every block)": {**PAPER_OTPRUNE, "mode": "drop"},
+    "otprune merge (every block)": {**PAPER_OTPRUNE, "mode": "merge"},
+    "otprune once at block 1 (drop)": {**PAPER_OTPRUNE, "mode": "drop", "blocks": [1]},
+    "otprune once at block 1 (merge)": {**PAPER_OTPRUNE, "mode": "merge", "blocks": [1]},
+    "otprune once at block 3 (merge)": {**PAPER_OTPRUNE, "mode": "merge", "blocks": [3]},
 }
 SHAPE = (1, 3, 32, 32)
 
@@ -46,18 +50,18 @@ def reduced(base, cfg):
     return m.eval()
 
 
-def flops(m) -> int:
-    return count_flops(m, SHAPE)
+def flops(m, shape=SHAPE) -> int:
+    return count_flops(m, shape)
 
 
-def matched(base, cfg, target: float, f0: int) -> tuple[dict, float]:
+def matched(base, cfg, target: float, f0: int, shape=SHAPE) -> tuple[dict, float]:
     """cfg with the keep whose FLOPs ratio is closest to `target` (bisection: FLOPs grow with keep)."""
     single = cfg.get("blocks") is not None and len(cfg["blocks"]) == 1
     lo, hi = (0.02 if single or cfg["method"] == "otprune" else 0.5), 1.0
     best = None
     for _ in range(18):
         mid = (lo + hi) / 2
-        r = flops(reduced(base, {**cfg, "keep": mid})) / f0
+        r = flops(reduced(base, {**cfg, "keep": mid}), shape) / f0
         if best is None or abs(r - target) < abs(best[1] - target):
             best = (mid, r)
         lo, hi = (lo, mid) if r > target else (mid, hi)
@@ -76,7 +80,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--keeps", default="0.95,0.9,0.85,0.8,0.75,0.7")
-    ap.add_argument("--forms", default=",".join(FORMS))
+    ap.add_argument("--forms", default=";".join(FORMS), help="form names separated by ';' (names contain commas)")
     ap.add_argument("--out", default="tokens_curves.json")
     args = ap.parse_args()
     from otcompress.data import load_dataset
@@ -88,7 +92,10 @@ def main():
     f0 = flops(base)
     rows = [{"form": "original", "keep": 1.0, "flops": 1.0, "top1": top1(base, x, y)}]
     print(rows[-1], flush=True)
-    forms = [f for f in args.forms.split(",") if f]
+    forms = [f.strip() for f in args.forms.split(";") if f.strip()]
+    unknown = [f for f in forms if f not in FORMS]
+    if unknown:
+        raise SystemExit(f"--forms: unknown {unknown}; expected some of {list(FORMS)}")
     for keep in [float(k) for k in args.keeps.split(",")]:
         tome_cfg = {"method": "tome", "keep": keep}
         target = flops(reduced(base, tome_cfg)) / f0

@@ -216,3 +216,34 @@ def test_a_token_reduced_vit_quantizes_with_its_sensitive_ops_in_float(tmp_path)
     assert products and products <= {f["node"] for f in q["float"]}  # attention scores and the merges' products
     weights = {n.input[1] for n in fp32.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
     assert weights and weights <= {k for k, v in q["plan"].items() if v["kind"] == "weight"}  # the linears are INT8
+
+
+def test_relu_folds_into_a_u8_range_and_stays_between_s8_pairs(int8_run, tmp_path):
+    """With u8 activations a ReLU is the bottom of the next Q's grid (zero point 0): onnxruntime removes it rather
+    than leave DQ -> Relu -> Q in float, and the file still means the FP32 model under its plan (export check,
+    against a reference that keeps the ReLU). With symmetric s8 activations the ReLU stays, Q/DQ on both sides."""
+    from otcompress.exporters.onnxruntime import OrtRunner
+    from otcompress.quantize.build import quantize_model
+    from otcompress.quantize.plan import read_plan
+    from otcompress.quantize.settings import Settings
+    from otcompress.validation.gate import Gate
+    from otcompress.validation.quantized import quantized_checks
+
+    fp32 = int8_run / "model.onnx"
+    relus = [n.output[0] for n in onnx.load(str(fp32)).graph.node if n.op_type == "Relu"]
+    assert relus
+    x = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    for scheme in ("u8s8", "s8s8"):
+        out = tmp_path / f"{scheme}.onnx"
+        quantize_model(fp32, out, x, Settings("minmax", scheme, True, False), {}, tmp_path / f"ranges-{scheme}")
+        g = onnx.load(str(out)).graph
+        producer = {o: n.op_type for n in g.node for o in n.output}
+        left = [n for n in g.node if n.op_type == "Relu"]
+        plan = read_plan(out)
+        if scheme == "u8s8":
+            assert not left and all(plan[r]["zero_point"] == [0] for r in relus if r in plan), [n.name for n in left]
+        else:
+            assert len(left) == len(relus) and all(producer[n.input[0]] == "DequantizeLinear" for n in left)
+        with OrtRunner(out) as runner:
+            export = [c for c in quantized_checks("t", runner, fp32, plan, x[:16], Gate()) if c.check == "export:t"]
+        assert export and all(export), [c.as_dict() for c in export]

@@ -93,6 +93,35 @@ def test_pitome_energy_matches_the_paper_formula():
     assert torch.allclose(e[0], want, atol=1e-6)
 
 
+def _pitome_by_hand(metric, r, c):
+    """PiToMe's plan written as loops over sorted lists: A/B alternate along the energy order among the c
+    highest-energy tokens, the r A tokens with the best edges merge into their best B, the rest keep a slot."""
+    n = metric.shape[1]
+    e, sim = M.energy(metric, 0.9, 1.0, "elu")
+    out = []
+    for b in range(metric.shape[0]):
+        order = sorted(range(n), key=lambda i: (-e[b, i].item(), i))
+        a_set, b_set = order[:c:2], order[1:c:2]
+        best = {i: max(b_set, key=lambda j: (sim[b, i, j].item(), -j)) for i in a_set}
+        merged = sorted(a_set, key=lambda i: (-sim[b, i, best[i]].item(), i))[:r]
+        kept = [i for i in order if i not in merged and i not in b_set]
+        slot = {i: s for s, i in enumerate(kept + b_set)}
+        out.append([slot[best[i]] if i in merged else slot[i] for i in range(n)])
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("mergeable,r", [(1.0, 3), (1.0, 7), (2.0, 3), (10.0, 5)])
+def test_pitome_plan_equals_the_rule_written_by_hand(mergeable, r):
+    """mergeable 1 is the paper (every A token of the 2r highest-energy ones merges); more candidates let the
+    r merges take the best edges, as ToMe does."""
+    torch.manual_seed(1)
+    metric = torch.randn(2, 16, 6)
+    c = min(16, max(2 * r, round(mergeable * 2 * r)))
+    got = M.pitome(metric, r, margin=0.9, alpha=1.0, form="elu", mergeable=mergeable)
+    assert torch.equal(got, _pitome_by_hand(metric, r, c))
+    assert all(sorted(set(row.tolist())) == list(range(16 - r)) for row in got)  # n - r slots, every one used
+
+
 @pytest.mark.parametrize("k", [5, 9])  # 9 > d = 5: past the feature dimension the kernel's identity part decides
 def test_otprune_greedy_equals_brute_force_logdet_greedy(k):
     torch.manual_seed(0)

@@ -72,13 +72,17 @@ def _retoken(model, **change):
     cfg = dict(m.blocks[0]._tok.cfg)
     cfg.update(change)
     apply_token_reduction(m, {k: v for k, v in cfg.items() if k in ("method", "keep", "r", "prop_attn", "margin",
-                                                                    "alpha", "gamma", "mode", "blocks")})
+                                                                    "alpha", "energy", "mergeable", "gamma", "mode",
+                                                                    "blocks")})
     return m
 
 
-def applies(case: str, method: str) -> bool:
-    """OTPrune's default drop mode never merges: sizes stay 1 and proportional attention changes nothing."""
-    return not (method == "otprune" and "proportional" in case)
+def applies(case: str, method: str, mode: str | None = None) -> bool:
+    """OTPrune in drop mode never merges: sizes stay 1 and proportional attention changes nothing."""
+    from otcompress.tokens.patch import method_config
+
+    drops = method_config({"method": method, **({"mode": mode} if mode else {})}).get("mode") == "drop"
+    return not (drops and "proportional" in case)
 
 
 WRONG_VIT = {

