@@ -1,16 +1,18 @@
 """Latency budgets and sensitivity allocation, side by side in one run. On the CIFAR checkpoints (resnet20,
 resnet56, vgg11_bn_half, mobilenetv2) at a measured onnxruntime CPU latency of 0.7 and 0.5 of the original's
-(2 threads, batch 1): `prune` with uniform, global and sensitivity allocation, and `intrafusion` with sensitivity
-allocation, each followed by `repair` (512 unlabeled training images), all with `round_to = "auto"`; and
-Torch-Pruning's MagnitudePruner (L1, round_to 8) at the same measured latency (its pruning ratio bisected on
+(2 threads, at --batch): `prune` with uniform, global and sensitivity allocation, and `intrafusion` with
+sensitivity allocation, each followed by `repair` (512 unlabeled training images), all with `round_to = "auto"`;
+and Torch-Pruning (L1 magnitude, round_to 8) at the same measured latency (its pruning ratio bisected on
 measurements). On ImageNet-shaped torchvision MobileNetV2 and ResNet-50 (224x224, random weights: latency
 only), `prune` uniform data-free. Then, at 50% FLOPs, speedup over FLOP reduction with round_to 1 and "auto".
+A target below the model's measured floor is refused by the stage, and the row says so with the floor.
 
 Every ONNX file is timed again at the end, every file once per round (median of rounds), and the latency
-columns are those: the target is met when that ratio is within 10% of it. Top-1 on 1000 CIFAR-10 test
-images. bench/results/latency.json, latency.png, the README table.
+columns are those: the target is met when that ratio is within 10% of it. Top-1 on --limit CIFAR-10 test
+images. bench/results/NAME.json, NAME.png, the README table between the NAME markers (--out NAME).
 
-    .venv/bin/python bench/latency.py [--models resnet56,tv_mobilenet_v2] [--targets 0.7,0.5] [--rounds 5]
+    .venv/bin/python bench/latency.py [--models resnet56,tv_mobilenet_v2] [--targets 0.7,0.5] [--batch 1|32]
+        [--rounds 5] [--out latency]
 """
 
 from __future__ import annotations
@@ -63,25 +65,35 @@ def top1(name, model, x, y) -> float | None:
     return float((predict(model, x).argmax(-1) == y).float().mean())
 
 
-def torch_pruning_at(model, shape, target_ms: float, dense_ms: float) -> tuple[torch.nn.Module, float]:
-    """MagnitudePruner (L1, round_to 8), its one pruning ratio bisected until the measured latency is closest
-    to target_ms."""
+def torch_pruning_at(model, shape, target_ms: float, dense_ms: float, batch: int = 1) -> tuple[torch.nn.Module, float]:
+    """Torch-Pruning at a measured latency: its one pruning ratio bisected until the measured latency is closest
+    to target_ms. MagnitudePruner (L1 group importance, round_to 8); on option-A ResNets (block-internal scope,
+    whose zero-padded shortcuts its pruner mis-tracks: the classifier's input is cut to a width the last stage
+    never produces) the same importance and rounding applied through its DependencyGraph to each block's conv1,
+    as a Torch-Pruning user does for a model its pruner does not handle."""
     import torch_pruning as tp
 
     from otcompress.channels.latency import measure_model
 
     x = torch.zeros(shape)
     last = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
-    ignored = [model.get_submodule(last)]
-    if getattr(model, "otcompress_prune_scope", None) == "internal":  # option-A ResNets: block-internal only, as ours
-        ignored = [m for n, m in model.named_modules()
-                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not n.endswith(".conv1")]
+    imp = tp.importance.MagnitudeImportance(p=1)
 
     def pruned(r):
         m = copy.deepcopy(model)
-        tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=r,
-                                  round_to=8, ignored_layers=ignored).step()
-        return m, measure_model(m, x)
+        if getattr(model, "otcompress_prune_scope", None) == "internal":
+            graph = tp.DependencyGraph().build_dependency(m, example_inputs=x)
+            for conv in [mod for n, mod in m.named_modules() if n.endswith(".conv1")]:
+                n = conv.out_channels
+                keep = min(n, max(8, int(round(n * (1 - r) / 8)) * 8))
+                scores = imp(graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(n))))
+                drop = scores.argsort(descending=True)[keep:].tolist()
+                if drop:
+                    graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=drop).prune()
+        else:
+            tp.pruner.MagnitudePruner(m, x, importance=imp, pruning_ratio=r, round_to=8,
+                                      ignored_layers=[m.get_submodule(last)]).step()
+        return m, measure_model(m, x, batch=batch)
 
     lo, hi, best = 0.0, 0.95, (model, dense_ms)
     for _ in range(7):
@@ -99,8 +111,12 @@ def main():
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, choices=(1, 32), default=1, help="the batch the latency target is at")
+    ap.add_argument("--out", default="latency", help="results name (bench/results/NAME.json) and README marker")
     args = ap.parse_args()
     import otcompress
+    from otcompress.channels.latency import measure_model
+    from otcompress.errors import OTCError
     from otcompress.metrics import count_flops
 
     calib_path = SHARED / "cifar10" / "train-imagefolder.tar.gz"
@@ -127,22 +143,37 @@ def main():
                 variants = VARIANTS if name in MODELS else [("prune", "uniform")]
                 for channel, allocation in variants:
                     stages = [{"kind": "fold_bn"}, {"kind": channel, "latency": target, "allocation": allocation,
-                                                    "round_to": "auto"}]
+                                                    "round_to": "auto", "latency_batch": args.batch}]
                     if name in MODELS:
                         stages.append({"kind": "repair", "samples": CALIB})
                     t0 = time.perf_counter()
-                    small, rep = otcompress.compress(copy.deepcopy(model), shape, stages, data=data if name in MODELS else None,
-                                                     name=name, source=arch, args=margs)
+                    method = f"{channel}, {allocation}" + (" + repair" if name in MODELS else "")
+                    try:
+                        small, rep = otcompress.compress(copy.deepcopy(model), shape, stages,
+                                                         data=data if name in MODELS else None, name=name, source=arch,
+                                                         args=margs)
+                    except OTCError as e:  # a target below the measured floor: refused, and the row says so
+                        rows.append({"model": name, "method": method, "target": target, "error": str(e)})
+                        print(rows[-1], flush=True)
+                        continue
                     lat = next(s for s in rep["stages"] if s["kind"] == channel)["details"]["latency"]
                     dense_ms = lat["dense_ms"]
-                    add(f"{channel}, {allocation}" + (" + repair" if name in MODELS else ""), small, target,
+                    add(method, small, target,
                         stage_measured=lat["measured"], attempts=len(lat["attempts"]),
                         round_to=next(s for s in rep["stages"] if s["kind"] == channel)["details"]["round_to"],
                         seconds=time.perf_counter() - t0)
                 if name in MODELS:
                     t0 = time.perf_counter()
-                    tp_model, _ = torch_pruning_at(copy.deepcopy(model), shape, target * dense_ms, dense_ms)
-                    add("Torch-Pruning MagnitudePruner (L1, round_to 8)", tp_model, target, seconds=time.perf_counter() - t0)
+                    method = "Torch-Pruning MagnitudePruner (L1, round_to 8)"
+                    dense_ms = dense_ms or measure_model(model, torch.zeros(shape), batch=args.batch)
+                    try:
+                        tp_model, _ = torch_pruning_at(copy.deepcopy(model), shape, target * dense_ms, dense_ms, args.batch)
+                    except Exception as e:  # the anchor's own failure is a result: recorded, not hidden
+                        rows.append({"model": name, "method": method, "target": target,
+                                     "error": f"{type(e).__name__}: {str(e)[:120]}"})
+                        print(rows[-1], flush=True)
+                        continue
+                    add(method, tp_model, target, seconds=time.perf_counter() - t0)
             if name in ("mobilenetv2", "resnet56", "tv_mobilenet_v2"):
                 for round_to in (1, "auto"):
                     small, rep = otcompress.compress(copy.deepcopy(model), shape, [
@@ -157,27 +188,36 @@ def main():
             for (i, _), lat in zip(items, interleaved_latency([p for _, p in items], shape_of(name), args.rounds)):
                 rows[i].update(lat)
     for r in rows:
+        if "error" in r:
+            continue
         dense = next(o for o in rows if o["model"] == r["model"] and o["method"] == "original")
-        r["latency"] = r["latency_b1_ms"] / dense["latency_b1_ms"]
-        r["speedup_b1"] = dense["latency_b1_ms"] / r["latency_b1_ms"]
-        r["speedup_over_flop_reduction"] = r["speedup_b1"] * r["flops"]
+        b = f"latency_b{args.batch}_ms"
+        r["latency"] = r[b] / dense[b]
+        r["speedup"] = dense[b] / r[b]
+        r["speedup_over_flop_reduction"] = r["speedup"] * r["flops"]
         if r["target"]:
             r["within_10_percent"] = abs(r["latency"] / r["target"] - 1) <= 0.10
-    res = {"rows": rows, "threads": 2, "batch": 1, "calibration_images": CALIB, "rounds": args.rounds}
-    publish("latency.json", res, plot, markdown, "latency")
+    res = {"rows": rows, "threads": 2, "batch": args.batch, "calibration_images": CALIB, "rounds": args.rounds,
+           "limit": args.limit}
+    publish(f"{args.out}.json", res, plot, markdown, args.out)
 
 
 def markdown(res: dict) -> str:
     lines = ["| model | method | latency target | measured latency | within 10% | top-1 % | FLOPs kept | ms b1 / b32 "
              "| speedup / FLOP reduction |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
+        if "error" in r:
+            why = r["error"].split("): ", 1)[-1].split(" (onnxruntime")[0]  # the refusal's reason, without the paths
+            lines.append(f"| {r['model']} | {r['method']} | {r['target']:.2f} | not run: {why} | — | — | — | — | — |")
+            continue
         t1 = "—" if r["top1"] is None else f"{100 * r['top1']:.2f}"
         tgt = f"{r['target']:.2f}" if r["target"] else "—"
         ok = {True: "yes", False: "**no**"}.get(r.get("within_10_percent"), "—")
         lines.append(f"| {r['model']} | {r['method']} | {tgt} | {r['latency']:.3f} | {ok} | {t1} | {r['flops']:.3f} | "
                      f"{r['latency_b1_ms']:.2f} / {r['latency_b32_ms']:.1f} | {r['speedup_over_flop_reduction']:.2f} |")
-    return "\n".join(lines) + ("\n\n(onnxruntime CPU, 2 threads; latency measured again at the end, every file once per "
-                               "round, median of rounds; top-1 on 1000 CIFAR-10 test images.)")
+    return "\n".join(lines) + (f"\n\n(onnxruntime CPU, 2 threads, latency targets at batch {res['batch']}; latency "
+                               "measured again at the end, every file once per round, median of rounds; speedup at "
+                               f"that batch; top-1 on {res.get('limit', 1000)} CIFAR-10 test images.)")
 
 
 def plot(res: dict, path: Path) -> None:
@@ -191,9 +231,11 @@ def plot(res: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.6), squeeze=False)
     for ax, m in zip(axes[0], models):
-        rs = [r for r in res["rows"] if r["model"] == m and r["target"]]
+        rs = [r for r in res["rows"] if r["model"] == m and r.get("target")]
         for method in dict.fromkeys(r["method"] for r in rs):
-            pts = sorted((r["latency"], 100 * r["top1"]) for r in rs if r["method"] == method)
+            pts = sorted((r["latency"], 100 * r["top1"]) for r in rs if r["method"] == method and "error" not in r)
+            if not pts:
+                continue
             ax.plot(*zip(*pts), marker="o", label=method[:34])
         dense = next(r for r in res["rows"] if r["model"] == m and r["method"] == "original")
         ax.axhline(100 * dense["top1"], color="gray", ls=":")

@@ -131,20 +131,28 @@ def _quickstart(tmp_path, recipe, keys: str, drop_calib: bool = False):
 
 
 def test_a_latency_budget_reports_its_measurements_and_auto_round_to_holds(tmp_path, quickstart_copy, table_cache):
-    res, out = _quickstart(tmp_path, quickstart_copy, 'latency = 0.7\nround_to = "auto"\nlatency_threads = 1')
+    res, out = _quickstart(tmp_path, quickstart_copy, 'latency = 0.7\nround_to = "auto"\nlatency_threads = 1\nlatency_batch = 64')
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
     shrink = next(s for s in rep["stages"] if s["kind"] == "intrafusion")["details"]
     lat = shrink["latency"]
-    assert lat["target"] == 0.7 and lat["threads"] == 1 and lat["dense_ms"] > 0
-    assert 1 <= len(lat["attempts"]) <= 3 and all(0 < a["predicted"] <= 1 and a["measured"] > 0 for a in lat["attempts"])
+    assert lat["target"] == 0.7 and lat["threads"] == 1 and lat["batch"] == 64 and lat["dense_ms"] > 0
+    assert 1 <= len(lat["attempts"]) <= 3 and all(0 < a["predicted"] <= 1 + 1e-9 and a["measured"] > 0 for a in lat["attempts"]), lat
     assert lat["ms"] == pytest.approx(lat["dense_ms"] * lat["measured"])
     assert lat["within_10_percent"] == (abs(lat["miss"]) <= 0.10)
+    assert 0 < lat["floor"] < 1 and lat["floor"] <= 0.7 * 1.05  # the floor measured, and below the target met
     assert list(table_cache.glob("*.json")), "the layer table was not cached"
     r = shrink["round_to"]
     assert r in (1, 4, 8, 16)
     shrunk = [g for g in shrink["groups"] if g["after"] < g["before"]]
     assert shrunk and all(g["after"] % r == 0 for g in shrunk), (r, shrunk)
+
+
+def test_a_latency_target_below_the_measured_floor_is_refused_naming_the_floor(tmp_path, quickstart_copy, table_cache):
+    res, out = _quickstart(tmp_path, quickstart_copy, "latency = 0.02\nlatency_threads = 1")
+    assert res.exit_code == 2 and "latency = 0.02 is below what shrinking channels reaches" in res.output, res.output
+    assert "give latency >= 0." in res.output and "Traceback" not in res.output
+    assert not out.exists()  # nothing written: the model is never shrunk to chance
 
 
 @pytest.mark.parametrize("keys, expect", [

@@ -137,6 +137,7 @@ class LatencyModel(FlopsModel):
         self.alpha, self.beta = 1.0, 0.0
         self.dense_ms = self.predicted_ms(None)
         self.measured_dense_ms = self.dense_ms
+        self.floor: float | None = None  # measured fraction of dense at FLOOR_KEEP (set by `calibrated`)
 
     def predicted_ms(self, keep) -> float:
         """Sum of the layers' table latencies at these keep ratios (None: dense), calibrated."""
@@ -152,16 +153,20 @@ class LatencyModel(FlopsModel):
         return self.alpha * total + self.beta
 
     def calibrate(self, points: list[tuple[list[float] | None, float]]) -> None:
-        """Fit measured = alpha * predicted + beta to measured (keeps, ms) points of the whole model."""
+        """Fit measured = alpha * predicted + beta to measured (keeps, ms) points of the whole model, the line
+        through the dense point (keeps None, the reference every ratio divides by) and least squares over the
+        others; a pure scale from one point, or where noise inverts the trend."""
         self.alpha, self.beta = 1.0, 0.0
-        pred = np.array([self.predicted_ms(k) for k, _ in points])
-        meas = np.array([m for _, m in points])
-        if len(points) >= 2 and np.ptp(pred) > 0:
-            alpha, beta = np.polyfit(pred, meas, 1)
-            self.alpha, self.beta = float(alpha), float(beta)
-        if len(points) == 1 or self.alpha <= 0:  # one point, or noise that inverts the trend: a pure scale
-            self.alpha, self.beta = float(meas[0] / pred[0]), 0.0
-        self.measured_dense_ms = float(dict((k is None, m) for k, m in points).get(True, self.predicted_ms(None)))
+        dense = [m for k, m in points if k is None]
+        self.measured_dense_ms = float(dense[0]) if dense else self.predicted_ms(None)
+        p0, m0 = self.predicted_ms(None), self.measured_dense_ms
+        rest = np.array([(self.predicted_ms(k), m) for k, m in points if k is not None]).reshape(-1, 2)
+        dp, dm = rest[:, 0] - p0, rest[:, 1] - m0
+        alpha = float(dp @ dm / (dp @ dp)) if len(rest) and dp @ dp > 0 else 0.0
+        if alpha > 0:
+            self.alpha, self.beta = alpha, m0 - alpha * p0
+        else:
+            self.alpha = m0 / p0
 
     def ratio(self, keep) -> torch.Tensor:
         k = keep.detach().cpu().numpy() if isinstance(keep, torch.Tensor) else keep
@@ -183,28 +188,44 @@ def _bilinear(grid: np.ndarray, fi: float, fo: float) -> float:
     return float(max(top * (1 - ti) + bottom * ti, 0.0))
 
 
-def measure_model(model: nn.Module, example: torch.Tensor, threads: int = 2, batch: int = 1, runs: int = 30,
-                  rounds: int = 3) -> float:
-    """The whole model's median onnxruntime CPU latency (ms) at `batch` (exported once, timed in rounds)."""
+def measure_models(models: list[nn.Module], example: torch.Tensor, threads: int = 2, batch: int = 1,
+                   rounds: int = 5, seconds: float = 0.15) -> list[float]:
+    """Each model's median onnxruntime CPU latency (ms) at `batch`: every model exported once, then timed in
+    `rounds`, each model once per round for at least `seconds` (and 20 runs), so a shared machine's drift hits
+    every model alike; the median of the rounds' medians."""
     from otcompress.exporters.onnx import export_onnx
     from otcompress.exporters.onnxruntime import OrtRunner
 
+    x = np.random.default_rng(0).standard_normal((batch, *example.shape[1:])).astype(np.float32)
     with tempfile.TemporaryDirectory() as td:
-        path = Path(td) / "m.onnx"
-        export_onnx(model, torch.zeros((batch, *example.shape[1:])), path)
-        x = np.random.default_rng(0).standard_normal((batch, *example.shape[1:])).astype(np.float32)
-        with OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads) as r:
-            for _ in range(5):
-                r.infer(x)
-            meds = []
-            for _ in range(rounds):
-                ts = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
+        runners = []
+        for i, model in enumerate(models):
+            path = Path(td) / f"m{i}.onnx"
+            export_onnx(model, torch.zeros((batch, *example.shape[1:])), path)
+            runners.append(OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads))
+        meds = [[] for _ in models]
+        try:
+            for r in runners:
+                r.activate()
+                for _ in range(5):
                     r.infer(x)
-                    ts.append(time.perf_counter() - t0)
-                meds.append(statistics.median(ts))
-    return 1e3 * statistics.median(meds)
+            for _ in range(rounds):
+                for r, med in zip(runners, meds):
+                    ts, start = [], time.perf_counter()
+                    while len(ts) < 20 or time.perf_counter() - start < seconds:
+                        t0 = time.perf_counter()
+                        r.infer(x)
+                        ts.append(time.perf_counter() - t0)
+                    med.append(statistics.median(ts))
+        finally:
+            for r in runners:
+                r.deactivate()
+    return [1e3 * statistics.median(m) for m in meds]
+
+
+def measure_model(model: nn.Module, example: torch.Tensor, threads: int = 2, batch: int = 1) -> float:
+    """One model's median onnxruntime CPU latency (ms) at `batch` (measure_models of one)."""
+    return measure_models([model], example, threads=threads, batch=batch)[0]
 
 
 def fast_multiple(table: LayerTable, model: nn.Module, example: torch.Tensor, candidates=(1, 4, 8, 16)) -> int:
@@ -229,18 +250,40 @@ def fast_multiple(table: LayerTable, model: nn.Module, example: torch.Tensor, ca
     return next(c for c in candidates if cost[c] <= 1.03 * best)
 
 
-def calibrated(model: nn.Module, example: torch.Tensor, groups: list[Group], table: LayerTable, dense_ms: float,
+FLOOR_KEEP = GRID[0]  # the least every group keeps when the floor is measured: the table's lowest point
+
+
+def calibrated(model: nn.Module, example: torch.Tensor, groups: list[Group], table: LayerTable,
                threads: int, batch: int, **shrink) -> LatencyModel:
-    """A LatencyModel for `groups` of the (unshrunk) model, calibrated on the dense model's measured latency and on
-    a copy pruned uniformly to half its channels, measured too."""
+    """A LatencyModel for `groups` of the (unshrunk) model, calibrated on measurements of the dense model and of
+    copies pruned uniformly to half and to a quarter (FLOOR_KEEP) of their channels, timed interleaved. The
+    quarter is also the model's floor (`lm.floor`, a fraction of dense): what shrinking channels alone reaches,
+    since the nodes, memory traffic and the ops between the layers stay (a deep net at batch 1 is bound by them)."""
     import copy
 
     from .shrink import shrink_channels
 
     lm = LatencyModel(model, example, groups, table)
-    half = copy.deepcopy(model)
-    rec = shrink_channels(half, example, "prune", sparsity=0.5, progress=False, **shrink)
-    after = {r["group"]: r["after"] / r["before"] for r in rec}
-    lm.calibrate([(None, dense_ms), ([after.get(g.root, 1.0) for g in groups],
-                                     measure_model(half, example, threads=threads, batch=batch))])
+    keeps, smalls = [None], [model]
+    for sparsity in (0.5, 1.0 - FLOOR_KEEP):
+        small = copy.deepcopy(model)
+        rec = shrink_channels(small, example, "prune", sparsity=sparsity, progress=False, **shrink)
+        after = {r["group"]: r["after"] / r["before"] for r in rec}
+        keeps.append([after.get(g.root, 1.0) for g in groups])
+        smalls.append(small)
+    ms = measure_models(smalls, example, threads=threads, batch=batch)
+    lm.calibrate(list(zip(keeps, ms)))
+    lm.floor = ms[-1] / ms[0]
     return lm
+
+
+def refuse_below_floor(target: float, lm: LatencyModel, threads: int, batch: int, tolerance: float = 0.05) -> None:
+    """Raise OTCError when `target` (a fraction of dense latency) is below the measured floor: shrinking channels
+    cannot reach it, and trying cuts a model to chance (every group far below FLOOR_KEEP) for nothing."""
+    from ..errors import OTCError
+
+    if target < lm.floor * (1 - tolerance):
+        raise OTCError(f"latency = {target} is below what shrinking channels reaches on this model: every group at "
+                       f"{FLOOR_KEEP:.0%} of its channels measured {lm.floor:.2f} of the dense {lm.measured_dense_ms:.2f} ms "
+                       f"(onnxruntime CPU, batch {batch}, {threads} threads; the nodes and the ops between the layers "
+                       f"stay); give latency >= {lm.floor:.2f}, a larger latency_batch, or a flops target")

@@ -176,12 +176,13 @@ def run_dtp(ctx, p: dict) -> dict:
 
 def latency_flops(model, example, groups, flops_model, p) -> float:
     """The FLOPs fraction whose uniform keep the calibrated latency model puts at the latency target."""
-    from ..channels.latency import LayerTable, calibrated, measure_model
+    from ..channels.latency import LayerTable, calibrated, refuse_below_floor
 
     table = LayerTable(p["latency_threads"], p["latency_batch"])
-    dense = measure_model(model, example, p["latency_threads"], p["latency_batch"])
-    lm = calibrated(model, example, groups, table, dense, p["latency_threads"], p["latency_batch"],
+    lm = calibrated(model, example, groups, table, p["latency_threads"], p["latency_batch"],
                     exclude=p["exclude"], scope=p["scope"])
+    refuse_below_floor(p["latency"], lm, p["latency_threads"], p["latency_batch"])
+    dense = lm.measured_dense_ms
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2

@@ -107,18 +107,19 @@ class Prune(Stage):
         """Shrink to a measured-latency target: allocate by the calibrated table (channels/latency.py), measure
         the result, and where it misses by more than `tolerance` (relative), allocate again to a corrected target
         from the unshrunk model. The report gives predicted and measured latency for every attempt."""
-        from ..channels.latency import calibrated, measure_model
+        from ..channels.latency import calibrated, measure_models, refuse_below_floor
 
         opts = dict(threads=params["latency_threads"], batch=params["latency_batch"])
         before = copy.deepcopy(ctx.model)
-        dense_ms = measure_model(before, ctx.example, **opts)
         models: dict = {}
 
         def cost(groups):
             key = tuple(g.root for g in groups)
             if key not in models:
-                models[key] = calibrated(before, ctx.example, groups, table, dense_ms, **opts, exclude=params["exclude"],
-                                         scope=params["scope"], round_to=shrink["round_to"])
+                lm = calibrated(before, ctx.example, groups, table, **opts, exclude=params["exclude"],
+                                scope=params["scope"], round_to=shrink["round_to"])
+                refuse_below_floor(params["latency"], lm, **opts, tolerance=tolerance)
+                models[key] = lm
             return models[key]
 
         target, tries, best = params["latency"], [], None
@@ -128,18 +129,19 @@ class Prune(Stage):
             (roots, lm), = models.items()
             keeps = {r["group"]: r["after"] / r["before"] for r in groups}
             predicted = float(lm.ratio([keeps.get(root, 1.0) for root in roots]))
-            measured = measure_model(model, ctx.example, **opts) / dense_ms
+            dense_ms, shrunk_ms = measure_models([before, model], ctx.example, **opts)  # interleaved
+            measured = shrunk_ms / dense_ms
             tries.append({"target": target, "predicted": predicted, "measured": measured})
             if best is None or abs(measured - params["latency"]) < abs(best[2] - params["latency"]):
-                best = (model, groups, measured)
+                best = (model, groups, measured, dense_ms)
             if abs(measured - params["latency"]) <= tolerance * params["latency"]:
                 break
             target = max(0.02, min(1.0, target * params["latency"] / measured))  # aim off by the miss
-        model, groups, measured = best
+        model, groups, measured, dense_ms = best
         ctx.model = model
         miss = measured / params["latency"] - 1
         return groups, {"latency": {"target": params["latency"], "measured": measured, "miss": miss,
-                                    "dense_ms": dense_ms, "ms": dense_ms * measured, "attempts": tries,
+                                    "dense_ms": dense_ms, "ms": dense_ms * measured, "attempts": tries, "floor": lm.floor,
                                     "threads": opts["threads"], "batch": opts["batch"], "table": str(table.path),
                                     "within_10_percent": abs(miss) <= 0.10}}
 
