@@ -115,6 +115,29 @@ def test_sensitivity_cuts_what_does_not_matter_where_uniform_cuts_everything_ali
     assert sens_err < 1e-6 < uni_err, (sens_err, uni_err)  # so the output does not move, for the same FLOPs
 
 
+class BumpyCost:
+    """A measured-latency-like budget: each group's cost falls with its keep ratio except at 0.75, where a count
+    off the kernel's channel block is slower than the whole group."""
+
+    def ratio(self, keeps):
+        per = [1.1 if k == 0.75 else k for k in keeps]
+        return torch.tensor(sum(per) / len(per), dtype=torch.float64)
+
+
+def test_sensitivity_steps_past_a_count_that_costs_more_than_the_one_above_it():
+    from otcompress.channels.groups import GroupGraph
+    from otcompress.channels.sensitivity import allocate
+
+    model, x = _chain(), torch.zeros(1, 3, 16, 16)
+    groups = GroupGraph(model, x).groups()
+    levels = lambda g, p: max(1, int(round(g.n * (1 - p) / 4)) * 4)  # counts 16, 12, 8, 4  # noqa: E731
+    errors = [{1.0: 0.0, 0.5: 0.1 * (i + 1), 0.25: 1.0 * (i + 1)} for i in range(len(groups))]
+    counts = allocate(groups, BumpyCost(), 0.6, levels, errors)
+    keeps = [c / g.n for c, g in zip(counts, groups)]
+    assert float(BumpyCost().ratio(keeps)) <= 0.6, keeps  # the budget is met though 12 of 16 costs more than 16
+    assert 0.75 not in keeps  # and no group is left at the slow count
+
+
 SPARSITY = 'sparsity = { "conv2" = 0.25, "conv4" = 0.5 }'
 
 

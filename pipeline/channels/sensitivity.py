@@ -85,20 +85,22 @@ def allocate(groups: list[Group], budget, target: float, count_at, errors: list[
     while current > target:
         best, choice = None, None
         for i, g in enumerate(groups):
-            if pos[i] + 1 >= len(levels[i]):
-                continue
-            trial = list(counts)
-            trial[i] = levels[i][pos[i] + 1]
-            saved = current - ratio(trial)
-            if saved <= 0:
+            # the next lower count that saves budget: a measured cost need not fall with every count (a
+            # count off the kernel's channel block can be slower than the one above it), so step past those
+            for j in range(pos[i] + 1, len(levels[i])):
+                trial = list(counts)
+                trial[i] = levels[i][j]
+                saved = current - ratio(trial)
+                if saved > 0:
+                    break
+            else:
                 continue
             added = _interp(errors[i], trial[i] / g.n) - _interp(errors[i], counts[i] / g.n)
             value = max(added, 0.0) / saved
             if best is None or value < best:
-                best, choice = value, (i, trial)
+                best, choice = value, (i, j, trial)
         if choice is None:
             break
-        i, counts = choice
-        pos[i] += 1
+        i, pos[i], counts = choice
         current = ratio(counts)
     return counts
