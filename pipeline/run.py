@@ -70,13 +70,19 @@ def run_plan(plan: Plan, out: str | Path | None = None, *, force=False, resume=F
              model: torch.nn.Module | None = None) -> dict:
     """Run a checked plan into `out` (default artifacts/<name>); `model` is the built model (default: built
     from the recipe's [model]). Returns the report (also written as report.json and report.md)."""
+    return _run_locked(plan, out, force, resume, progress, model)[0]
+
+
+def _run_locked(plan: Plan, out, force, resume, progress, model) -> tuple[dict, torch.nn.Module | None]:
+    """run_plan, returning the compressed module too: a stage may replace the model object (a latency target
+    keeps the closest of its attempts), so the caller's module is not the result."""
     out = Path(out) if out else Path("artifacts") / plan.name
     rank = launch_rank()  # under torchrun only rank 0 writes artifacts
     with output_lock(out, enabled=rank == 0):
         return _run(plan, out, force, resume, progress, rank, model)
 
 
-def _run(plan: Plan, out, force, resume, progress, rank, model) -> dict:
+def _run(plan: Plan, out, force, resume, progress, rank, model) -> tuple[dict, torch.nn.Module | None]:
     recipe = plan.recipe
     ckpt_dir = staging_path(out)
     stage_dir = staging_dir(out, force, resume) if rank == 0 else Path(tempfile.mkdtemp(prefix=f"otcompress-rank{rank}-"))
@@ -109,7 +115,7 @@ def _run(plan: Plan, out, force, resume, progress, rank, model) -> dict:
             details = stage.apply(ctx, params)
             if rank != 0 and stage.trains:
                 shutil.rmtree(stage_dir, ignore_errors=True)
-                return {"rank": rank, "validation": {"passed": True}, "out": str(out)}  # the other ranks only train
+                return {"rank": rank, "validation": {"passed": True}, "out": str(out)}, None  # the other ranks only train
             secs = time.perf_counter() - t0
             if stage.changes_model:
                 records.append(measure(ctx, task, st["kind"], params, secs, details))
@@ -146,7 +152,7 @@ def _run(plan: Plan, out, force, resume, progress, rank, model) -> dict:
     if progress:
         print(stage_table(report))
         print(f"artifacts: {out}/ ({', '.join(sorted(report['files']))}, report.json, report.md)")
-    return report
+    return report, ctx.model
 
 
 def compress(model: torch.nn.Module, input_shape, stages: list[dict], data: dict | None = None,
@@ -198,9 +204,9 @@ def compress(model: torch.nn.Module, input_shape, stages: list[dict], data: dict
     example = torch.zeros((1, *recipe.model["input_shape"][1:]))
     mine = check_outputs(copy.deepcopy(model).eval(), example, source or type(model).__name__)
     if out is not None:
-        report = run_plan(plan, out, force=force, progress=progress, model=mine)
-        return mine, report
+        report, result = _run_locked(plan, out, force, False, progress, mine)
+        return result, report
     with tempfile.TemporaryDirectory(prefix="otcompress-") as td:
-        report = run_plan(plan, Path(td) / name, force=True, progress=progress, model=mine)
+        report, result = _run_locked(plan, Path(td) / name, True, False, progress, mine)
     report["out"] = None
-    return mine, report
+    return result, report

@@ -194,3 +194,29 @@ def test_sensitivity_without_calibration_images_is_refused_before_any_work(tmp_p
     res, out = _quickstart(tmp_path, quickstart_copy, 'flops = 0.7\nallocation = "sensitivity"', drop_calib=True)
     assert res.exit_code == 2 and "sensitivity" in res.output and "calib" in res.output, res.output
     assert not out.exists()
+
+
+def test_compress_returns_the_attempt_the_latency_stage_kept(tmp_path, monkeypatch, table_cache):
+    """The first attempt misses (measured by a stand-in clock), the second lands: the module compress() returns
+    is the second, the one saved, not the caller's copy the first attempt shrank in place."""
+    import otcompress
+    import otcompress.channels.latency as latency
+
+    calls = []
+
+    def clock(models, example, threads=2, batch=1, **kw):
+        calls.append(len(models))
+        if len(models) == 3:  # calibration: dense, half, quarter
+            return [10.0, 6.0, 4.0]
+        return [10.0, 9.0] if sum(c == 2 for c in calls) == 1 else [10.0, 7.0]
+
+    monkeypatch.setattr(latency, "measure_models", clock)
+    out = tmp_path / "out"
+    stages = [{"kind": "prune", "latency": 0.7, "latency_threads": 1}]
+    small, rep = otcompress.compress(_chain(), [1, 3, 16, 16], stages, out=out)
+    lat = rep["stages"][-1]["details"]["latency"]
+    assert [round(a["measured"], 2) for a in lat["attempts"]] == [0.9, 0.7] and lat["measured"] == pytest.approx(0.7)
+    loaded = otcompress.load(out / "compressed.safetensors", model=_chain())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(small(x), loaded(x))
