@@ -27,7 +27,8 @@ import torch
 
 from common import publish, MODELS, SHARED, eval_data, interleaved_latency, load
 
-IMAGENET = {"tv_mobilenet_v2": ("mobilenet_v2", {"num_classes": 1000}), "tv_resnet50": ("resnet50", {"num_classes": 1000})}
+IMAGENET = {"tv_mobilenet_v2": ("torchvision:mobilenet_v2", {"num_classes": 1000}),
+            "tv_resnet50": ("torchvision:resnet50", {"num_classes": 1000})}
 CIFAR = ["resnet20", "resnet56", "vgg11_bn_half", "mobilenetv2"]
 # (channel stage, allocation) with repair, on the CIFAR checkpoints
 VARIANTS = [("prune", "uniform"), ("prune", "global"), ("prune", "sensitivity"), ("intrafusion", "sensitivity")]

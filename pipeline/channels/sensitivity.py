@@ -1,8 +1,9 @@
 """Sensitivity-based allocation: measure on calibration images what each group's channels are worth, then share
 the budget (FLOPs or latency) so the total measured error is least, as a knapsack over groups.
 
-For every group and a few keep ratios, the group alone is cut (its least important channels zeroed at every
-layer that reads them: what removing them feeds the rest of the network) and the output error against the
+For every group and a few keep ratios, the group alone is cut (its least important channels replaced by their
+mean at every layer that reads them: what removing them feeds the rest of the network once repair has put the
+mean back) and the output error against the
 uncut model is measured (mean squared error over the outputs' variance). That cheap proxy stands in for
 "shrunk and repaired": the benchmark compares the allocations after the real repair. The knapsack is solved
 greedily on marginal cost: from the dense model, repeatedly take the step (one group down one count level)
@@ -24,11 +25,36 @@ def _consumers(g: Group):
     return [s for s in g.slices if s.role in ("in", "gin") and not s.constraint]
 
 
+FILL = "mean"  # what a cut channel reads as: "mean" (its mean over the images: the shift repair corrects) or "zero"
+
+
+def _input_means(model: nn.Module, groups: list[Group], x: torch.Tensor) -> tuple[dict, dict]:
+    """The model's outputs on x, and each consumer layer's per-channel input mean on x."""
+    means, hooks = {}, []
+    for s in {id(s.module): s for g in groups for s in _consumers(g)}.values():
+        dim = -1 if isinstance(s.module, nn.Linear) else 1
+
+        def hook(mod, inp, dim=dim):
+            y = inp[0].movedim(dim % inp[0].dim(), 0)
+            means[mod] = y.reshape(y.shape[0], -1).mean(1)
+
+        hooks.append(s.module.register_forward_pre_hook(hook))
+    try:
+        ref = flatten(model(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return ref, means
+
+
 @torch.no_grad()
-def group_errors(model: nn.Module, groups: list[Group], x: torch.Tensor, scores, levels=LEVELS) -> list[dict]:
-    """Per group, {keep ratio: output error} with the group's lowest-scored channels zeroed where they are read."""
+def group_errors(model: nn.Module, groups: list[Group], x: torch.Tensor, scores, levels=LEVELS,
+                 fill: str = FILL) -> list[dict]:
+    """Per group, {keep ratio: output error} with the group's lowest-scored channels replaced where they are
+    read: by their mean over x (`fill = "mean"`, the default: repair's statistics matching puts the mean back,
+    so what is measured is what it cannot) or by zero."""
     model.eval()
-    ref = flatten(model(x))
+    ref, means = _input_means(model, groups, x)
     var = {k: v.var().clamp_min(1e-12) for k, v in ref.items()}
     out = []
     for g in groups:
@@ -48,12 +74,19 @@ def group_errors(model: nn.Module, groups: list[Group], x: torch.Tensor, scores,
                 pos = pos[pos >= 0]
                 dim = -1 if isinstance(s.module, nn.Linear) else 1
 
-                def zero(mod, inp, pos=pos, dim=dim):
+                def cut(mod, inp, pos=pos, dim=dim):
                     y = inp[0].clone()
-                    y.index_fill_(dim % y.dim(), pos.to(y.device), 0.0)
+                    d = dim % y.dim()
+                    if fill == "mean":
+                        shape = [1] * y.dim()
+                        shape[d] = len(pos)
+                        y.index_copy_(d, pos.to(y.device), means[mod][pos].view(shape).expand(
+                            *[len(pos) if i == d else n for i, n in enumerate(y.shape)]).contiguous())
+                    else:
+                        y.index_fill_(d, pos.to(y.device), 0.0)
                     return (y, *inp[1:])
 
-                hooks.append(s.module.register_forward_pre_hook(zero))
+                hooks.append(s.module.register_forward_pre_hook(cut))
             try:
                 got = flatten(model(x))
             finally:

@@ -44,9 +44,10 @@ def run_dtp(ctx, p: dict) -> dict:
         p = dict(p, flops=latency_flops(model, ctx.example, groups, flops_model, p))
         latency = {"target": p["latency"], "flops_budget": p["flops"]}
     if p["round_to"] == "auto":
-        from ..channels.latency import LayerTable, fast_multiple
+        from ..channels.latency import fast_multiple
 
-        p = dict(p, round_to=fast_multiple(LayerTable(p["latency_threads"], p["latency_batch"]), model, ctx.example))
+        p = dict(p, round_to=fast_multiple(model, ctx.example, p["latency_threads"], p["latency_batch"],
+                                           exclude=p["exclude"], scope=p["scope"]))
     budget = p["flops"] is not None
     if budget:
         sel = list(range(len(groups)))

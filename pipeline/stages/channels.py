@@ -85,12 +85,13 @@ class Prune(Stage):
         keep = STRATEGIES[self.kind](importance=params["importance"], **{k: params[k] for k in self.strategy_keys})
         unfolded = ctx.original if ctx.folded and not ctx.channel_maps else None  # importance before folding
         probe = ctx.calibration(128, 0) if params["allocation"] == "sensitivity" else None
-        table = None
-        if params["latency"] is not None or params["round_to"] == "auto":
-            from ..channels.latency import LayerTable, fast_multiple
+        from ..channels.latency import LayerTable, fast_multiple
 
-            table = LayerTable(threads=params["latency_threads"], batch=params["latency_batch"])
-        round_to = fast_multiple(table, ctx.model, ctx.example) if params["round_to"] == "auto" else params["round_to"]
+        table = LayerTable(threads=params["latency_threads"], batch=params["latency_batch"]) if params["latency"] else None
+        round_to = params["round_to"]
+        if round_to == "auto":
+            round_to = fast_multiple(ctx.model, ctx.example, params["latency_threads"], params["latency_batch"],
+                                     exclude=params["exclude"], scope=params["scope"])
         shrink = dict(keep=keep, sparsity=params["sparsity"] or 0.0, flops=params["flops"], allocation=params["allocation"],
                       round_to=round_to, exclude=params["exclude"], scope=params["scope"], data=data, unfolded=unfolded,
                       progress=ctx.progress, probe=probe)
