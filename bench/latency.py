@@ -1,7 +1,7 @@
 """Latency budgets and sensitivity allocation, side by side in one run. On the CIFAR checkpoints (resnet20,
 resnet56, vgg11_bn_half, mobilenetv2) at a measured onnxruntime CPU latency of 0.7 and 0.5 of the original's
 (2 threads, at --batch): `prune` with uniform, global and sensitivity allocation, and `intrafusion` with
-sensitivity allocation, each followed by `repair` (512 unlabeled training images), all with `round_to = "auto"`;
+sensitivity allocation, each followed by `repair` (512 unlabeled training images), all with `round_to = 8`;
 and Torch-Pruning (L1 magnitude, round_to 8) at the same measured latency (its pruning ratio bisected on
 measurements). On ImageNet-shaped torchvision MobileNetV2 and ResNet-50 (224x224, random weights: latency
 only), `prune` uniform data-free. Then, at 50% FLOPs, speedup over FLOP reduction with round_to 1 and "auto".
@@ -144,7 +144,7 @@ def main():
                 variants = VARIANTS if name in MODELS else [("prune", "uniform")]
                 for channel, allocation in variants:
                     stages = [{"kind": "fold_bn"}, {"kind": channel, "latency": target, "allocation": allocation,
-                                                    "round_to": "auto", "latency_batch": args.batch}]
+                                                    "round_to": 8, "latency_batch": args.batch}]
                     if name in MODELS:
                         stages.append({"kind": "repair", "samples": CALIB})
                     t0 = time.perf_counter()

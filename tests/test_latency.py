@@ -220,3 +220,26 @@ def test_compress_returns_the_attempt_the_latency_stage_kept(tmp_path, monkeypat
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(small(x), loaded(x))
+
+
+@pytest.mark.parametrize("times, expect", [
+    ([12.0, 8.0, 6.0, 6.1], 8),  # unrounded slowest; 8 and 16 alike: the smaller wins
+    ([6.0, 8.0, 8.0, 8.0], 1),  # where unrounded is fastest, no rounding
+    ([9.0, 9.0, 9.0, 5.0], 16),
+])
+def test_auto_round_to_takes_the_smallest_multiple_within_3_percent_of_the_fastest(monkeypatch, times, expect):
+    import otcompress.channels.latency as latency
+
+    seen = []
+
+    def clock(models, example, threads=2, batch=1, **kw):
+        seen.append([sum(p.numel() for p in m.parameters()) for m in models])
+        return times
+
+    monkeypatch.setattr(latency, "measure_models", clock)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()
+    dense = sum(p.numel() for p in model.parameters())
+    assert latency.fast_multiple(model, torch.zeros(1, 3, 8, 8)) == expect
+    (sizes,) = seen
+    assert len(sizes) == 4 and max(sizes) <= dense and min(sizes) < dense  # the four multiples, timed together
