@@ -38,13 +38,18 @@ def _input_means(model: nn.Module, groups: list[Group], x: torch.Tensor) -> tupl
             y = inp[0].movedim(dim % inp[0].dim(), 0)
             means[mod] = y.reshape(y.shape[0], -1).mean(1)
 
-        hooks.append(s.module.register_forward_pre_hook(hook))
+        hooks.append((s.module, hook))
+    return _outputs(model, x, hooks), means
+
+
+def _outputs(model: nn.Module, x: torch.Tensor, pre_hooks: list) -> dict:
+    """The model's flattened outputs on x with (module, forward pre-hook) pairs in place, removed after."""
+    handles = [m.register_forward_pre_hook(fn) for m, fn in pre_hooks]
     try:
-        ref = flatten(model(x))
+        return flatten(model(x))
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
-    return ref, means
 
 
 @torch.no_grad()
@@ -86,12 +91,8 @@ def group_errors(model: nn.Module, groups: list[Group], x: torch.Tensor, scores,
                         y.index_fill_(d, pos.to(y.device), 0.0)
                     return (y, *inp[1:])
 
-                hooks.append(s.module.register_forward_pre_hook(cut))
-            try:
-                got = flatten(model(x))
-            finally:
-                for h in hooks:
-                    h.remove()
+                hooks.append((s.module, cut))
+            got = _outputs(model, x, hooks)
             errs[k] = float(sum(((got[n] - ref[n]) ** 2).mean() / var[n] for n in ref))
         out.append(errs)
     return out
