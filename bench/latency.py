@@ -216,9 +216,11 @@ def markdown(res: dict) -> str:
         ok = {True: "yes", False: "**no**"}.get(r.get("within_10_percent"), "—")
         lines.append(f"| {r['model']} | {r['method']} | {tgt} | {r['latency']:.3f} | {ok} | {t1} | {r['flops']:.3f} | "
                      f"{r['latency_b1_ms']:.2f} / {r['latency_b32_ms']:.1f} | {r['speedup_over_flop_reduction']:.2f} |")
+    scored = any(r.get("top1") is not None for r in res["rows"])
     return "\n".join(lines) + (f"\n\n(onnxruntime CPU, 2 threads, latency targets at batch {res['batch']}; latency "
                                "measured again at the end, every file once per round, median of rounds; speedup at "
-                               f"that batch; top-1 on {res.get('limit', 1000)} CIFAR-10 test images.)")
+                               "that batch; " + (f"top-1 on {res.get('limit', 1000)} CIFAR-10 test images.)" if scored
+                                                 else "random weights: latency only.)"))
 
 
 def plot(res: dict, path: Path) -> None:

@@ -222,12 +222,14 @@ def test_compress_returns_the_attempt_the_latency_stage_kept(tmp_path, monkeypat
         assert torch.equal(small(x), loaded(x))
 
 
-@pytest.mark.parametrize("times, expect", [
-    ([12.0, 8.0, 6.0, 6.1], 8),  # unrounded slowest; 8 and 16 alike: the smaller wins
-    ([6.0, 8.0, 8.0, 8.0], 1),  # where unrounded is fastest, no rounding
-    ([9.0, 9.0, 9.0, 5.0], 16),
+@pytest.mark.parametrize("times, reach, expect", [
+    ([12.0, 8.0, 6.0, 6.1], None, 8),  # unrounded slowest; 8 and 16 alike: the smaller wins
+    ([6.0, 8.0, 8.0, 8.0], None, 1),  # where unrounded is fastest, no rounding
+    ([9.0, 9.0, 9.0, 5.0], None, 16),
+    ([12.0, 9.0, 6.0, 5.0], 0.3, 16),  # 16 of 32 channels reaches 30% of the FLOPs (27%)
+    ([12.0, 9.0, 6.0, 5.0], 0.1, 8),  # but not 10%: the fastest multiple that does
 ])
-def test_auto_round_to_takes_the_smallest_multiple_within_3_percent_of_the_fastest(monkeypatch, times, expect):
+def test_auto_round_to_takes_the_smallest_multiple_within_3_percent_of_the_fastest(monkeypatch, times, reach, expect):
     import otcompress.channels.latency as latency
 
     seen = []
@@ -240,6 +242,44 @@ def test_auto_round_to_takes_the_smallest_multiple_within_3_percent_of_the_faste
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()
     dense = sum(p.numel() for p in model.parameters())
-    assert latency.fast_multiple(model, torch.zeros(1, 3, 8, 8)) == expect
+    assert latency.fast_multiple(model, torch.zeros(1, 3, 8, 8), reach=reach) == expect
     (sizes,) = seen
     assert len(sizes) == 4 and max(sizes) <= dense and min(sizes) < dense  # the four multiples, timed together
+
+
+def test_the_int8_runtime_times_the_quantized_model_and_the_stage_measures_on_it(tmp_path, quickstart_copy, table_cache):
+    """`latency_runtime = "onnxruntime-int8"`: what is timed is the Q/DQ model the quantize stage would ship (int8
+    weights), and the stage's measurements (here the floor it refuses a target below) are of it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from otcompress.channels.latency import RUNTIMES, measure_models
+    from otcompress.exporters.onnx import export_onnx
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, torch.zeros(2, 3, 8, 8), fp32)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    timed = onnx.load(str(RUNTIMES["onnxruntime-int8"].prepare(fp32, x)))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in timed.graph.node}
+    assert any(numpy_helper.to_array(i).dtype == np.int8 for i in timed.graph.initializer)
+    assert RUNTIMES["onnxruntime"].prepare(fp32, x) == fp32
+    assert all(ms > 0 for ms in measure_models([model, model], torch.zeros(1, 3, 8, 8), threads=1, batch=2, rounds=1,
+                                               runtime="onnxruntime-int8"))
+    res, out = _quickstart(tmp_path, quickstart_copy, 'latency = 0.02\nlatency_threads = 1\nlatency_runtime = "onnxruntime-int8"')
+    assert res.exit_code == 2 and "(onnxruntime CPU, INT8, batch 1, 1 threads" in res.output, res.output
+    assert not out.exists()
+
+
+def test_a_tensorrt_latency_runtime_without_tensorrt_is_refused_saying_why(tmp_path, quickstart_copy, table_cache):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here: the refusal this test checks cannot happen")
+    except ImportError:
+        pass
+    original = quickstart_copy.read_text()
+    res, out = _quickstart(tmp_path, quickstart_copy, 'latency = 0.7\nlatency_runtime = "tensorrt-fp16"')
+    quickstart_copy.write_text(original)
+    assert res.exit_code != 0 and "TensorRT is not available" in res.output and "Traceback" not in res.output, res.output
+    res, _ = _quickstart(tmp_path, quickstart_copy, 'latency = 0.7\nlatency_runtime = "tensorrt"')
+    assert res.exit_code == 2 and "latency_runtime" in res.output and "tensorrt-fp16" in res.output, res.output

@@ -122,7 +122,7 @@ def test_the_int8_gate_fails_per_tensor_weights_and_an_unquantized_residual_add(
         bad = tmp_path / name.replace(" ", "_")
         shutil.copytree(int8_run, bad)
         quantize_model(fp32, bad / "model.int8.onnx", x, settings, {**{f["node"]: f["why"] for f in plan["float"]}, **floats},
-                       tmp_path / "ranges")
+                       tmp_path / "ranges", bias_correction=False)
         res = run_cli("validate", bad)
         assert res.exit_code == 1 and "FAIL plan:onnxruntime-int8" in res.output, (name, res.output)
 
@@ -235,7 +235,7 @@ def test_relu_folds_into_a_u8_range_and_stays_between_s8_pairs(int8_run, tmp_pat
     x = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
     for scheme in ("u8s8", "s8s8"):
         out = tmp_path / f"{scheme}.onnx"
-        quantize_model(fp32, out, x, Settings("minmax", scheme, True, False), {}, tmp_path / f"ranges-{scheme}")
+        quantize_model(fp32, out, x, Settings("minmax", scheme, True, False), {}, tmp_path / f"ranges-{scheme}", False)
         g = onnx.load(str(out)).graph
         producer = {o: n.op_type for n in g.node for o in n.output}
         left = [n for n in g.node if n.op_type == "Relu"]
@@ -247,3 +247,38 @@ def test_relu_folds_into_a_u8_range_and_stays_between_s8_pairs(int8_run, tmp_pat
         with OrtRunner(out) as runner:
             export = [c for c in quantized_checks("t", runner, fp32, plan, x[:16], Gate()) if c.check == "export:t"]
         assert export and all(export), [c.as_dict() for c in export]
+
+
+def test_bias_correction_brings_channel_means_to_fp32_and_the_gate_holds_the_file_to_its_shifts(int8_run, tmp_path):
+    """Each weighted op's int32 bias corrected in graph order leaves the INT8 model's per-channel output means
+    closer to the FP32 model's than without it; the shifts are in the plan, so the reference matches the file, and
+    a bias moved in the file without a recorded shift fails the gate."""
+    from otcompress.quantize.bias import _biased, _channel_means, correct_bias
+    from otcompress.quantize.build import quantize_model
+    from otcompress.quantize.settings import Settings
+
+    plan = json.loads((int8_run / "quantization.json").read_text())
+    assert plan["bias_corrected"] > 0 and any("shift" in q for q in plan["plan"].values() if q["kind"] == "bias")
+    fp32 = int8_run / "model.onnx"
+    x = np.random.default_rng(0).standard_normal((128, 1, 8, 8)).astype(np.float32)
+    plain, fixed = tmp_path / "plain.onnx", tmp_path / "fixed.onnx"
+    quantize_model(fp32, plain, x, Settings("minmax", "u8s8", True, True), {}, tmp_path / "ranges", False)
+    shutil.copyfile(plain, fixed)
+    shifts = correct_bias(fp32, fixed, x)
+    assert shifts
+    ref = {n.name: n.output[0] for n in onnx.load(str(fp32)).graph.node}
+
+    def error(path):
+        pairs = _biased(onnx.load(str(path)))
+        want = _channel_means(onnx.load(str(fp32)), [ref[k] for k in pairs], x)
+        got = _channel_means(onnx.load(str(path)), [n.output[0] for n, _ in pairs.values()], x)
+        return sum(float(np.abs(want[ref[k]] - got[n.output[0]]).mean()) for k, (n, _) in pairs.items())
+
+    assert error(fixed) < 0.5 * error(plain)
+
+    def moved(proto):  # the first corrected bias shifted by 1000 steps, the plan left as it was
+        dq = next(dq for _, dq in _biased(proto).values())
+        _set(proto, dq.input[0], lambda q: (q.astype(np.int64) + 1000).astype(np.int32))
+
+    res = run_cli("validate", _tamper(int8_run, tmp_path / "moved", moved))
+    assert res.exit_code == 1 and "FAIL export:onnxruntime-int8" in res.output, res.output

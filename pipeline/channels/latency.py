@@ -20,9 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
+
+from ..registry import Registry
 
 from .flops import FlopsModel, per_layer
 from .groups import CONV, Group, is_depthwise
@@ -188,21 +193,98 @@ def _bilinear(grid: np.ndarray, fi: float, fo: float) -> float:
     return float(max(top * (1 - ti) + bottom * ti, 0.0))
 
 
-def measure_models(models: list[nn.Module], example: torch.Tensor, threads: int = 2, batch: int = 1,
-                   rounds: int = 5, seconds: float = 0.15) -> list[float]:
-    """Each model's median onnxruntime CPU latency (ms) at `batch`: every model exported once, then timed in
-    `rounds`, each model once per round for at least `seconds` (and 20 runs), so a shared machine's drift hits
-    every model alike; the median of the rounds' medians."""
-    from otcompress.exporters.onnx import export_onnx
+@dataclass(frozen=True)
+class Runtime:
+    """What a latency is measured on: `prepare(fp32_onnx, inputs)` makes the exported FP32 file into the file the
+    target runs (itself, an INT8 model, an engine), `runner(file, threads)` a Runner that times it, `check()`
+    raises OTCError where it is not installed here (called before any work)."""
+
+    name: str
+    describe: str
+    prepare: Callable[[Path, np.ndarray], Path]
+    runner: Callable[[Path, int], object]
+    check: Callable[[], None] = lambda: None
+
+
+def _as_exported(path: Path, x: np.ndarray) -> Path:
+    return path
+
+
+def _int8(path: Path, x: np.ndarray) -> Path:
+    """The quantize stage's default settings and placement (Q/DQ, u8s8, per-channel): the model the stage ships,
+    up to its scales, which do not change speed; calibrated on the timing inputs."""
+    import onnx
+
+    from ..quantize.build import float_by_rule, quantize_model
+    from ..quantize.settings import DEFAULTS, Settings
+
+    out = path.with_suffix(".int8.onnx")
+    settings = Settings(DEFAULTS["calibration"], DEFAULTS["scheme"], DEFAULTS["per_channel"], DEFAULTS["reduce_range"])
+    quantize_model(path, out, x, settings, float_by_rule(onnx.load(str(path), load_external_data=False), {}),
+                   path.with_suffix(".ranges"), False)
+    return out
+
+
+def _engine(precision: str):
+    def prepare(path: Path, x: np.ndarray) -> Path:
+        from otcompress.exporters.tensorrt import build_engine
+
+        if precision == "int8":
+            path = _int8(path, x)
+        build_engine(path, path.with_suffix(".plan"), precision=precision, max_batch=len(x))
+        return path.with_suffix(".plan")
+
+    return prepare
+
+
+def _ort_runner(path: Path, threads: int):
     from otcompress.exporters.onnxruntime import OrtRunner
 
+    return OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads)
+
+
+def _trt_check() -> None:
+    from otcompress.exporters.tensorrt import import_tensorrt
+
+    import_tensorrt()
+
+
+def _trt_runner(path: Path, threads: int):
+    from otcompress.exporters.tensorrt import TrtRunner
+
+    return TrtRunner(path)
+
+
+RUNTIMES = Registry("latency runtime")
+RUNTIMES.register("onnxruntime", Runtime("onnxruntime", "onnxruntime CPU", _as_exported, _ort_runner))
+RUNTIMES.register("onnxruntime-int8", Runtime("onnxruntime-int8", "onnxruntime CPU, INT8", _int8, _ort_runner))
+RUNTIMES.register("tensorrt-fp16", Runtime("tensorrt-fp16", "TensorRT FP16", _engine("fp16"), _trt_runner,
+                                            _trt_check))
+RUNTIMES.register("tensorrt-int8", Runtime("tensorrt-int8", "TensorRT INT8 (Q/DQ)", _engine("int8"), _trt_runner,
+                                            _trt_check))
+DEFAULT_RUNTIME = "onnxruntime"
+
+
+def measure_models(models: list[nn.Module], example: torch.Tensor, threads: int = 2, batch: int = 1,
+                   rounds: int = 5, seconds: float = 0.15, runtime: str = DEFAULT_RUNTIME) -> list[float]:
+    """Each model's median latency (ms) at `batch` on `runtime` (a RUNTIMES name; onnxruntime CPU by default):
+    every model exported once (and made into what the runtime runs), then timed in `rounds`, each model once per
+    round for at least `seconds` (and 20 runs), so a shared machine's drift hits every model alike; the median of
+    the rounds' medians.
+
+    Raises:
+        OTCError: an unknown runtime, or one not installed here (TensorRT), naming it.
+    """
+    from otcompress.exporters.onnx import export_onnx
+
+    rt = RUNTIMES[runtime]
     x = np.random.default_rng(0).standard_normal((batch, *example.shape[1:])).astype(np.float32)
     with tempfile.TemporaryDirectory() as td:
         runners = []
         for i, model in enumerate(models):
             path = Path(td) / f"m{i}.onnx"
             export_onnx(model, torch.zeros((batch, *example.shape[1:])), path)
-            runners.append(OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads))
+            runners.append(rt.runner(rt.prepare(path, x), threads))
         meds = [[] for _ in models]
         try:
             for r in runners:
@@ -223,18 +305,23 @@ def measure_models(models: list[nn.Module], example: torch.Tensor, threads: int 
     return [1e3 * statistics.median(m) for m in meds]
 
 
-def measure_model(model: nn.Module, example: torch.Tensor, threads: int = 2, batch: int = 1) -> float:
-    """One model's median onnxruntime CPU latency (ms) at `batch` (measure_models of one)."""
-    return measure_models([model], example, threads=threads, batch=batch)[0]
+def measure_model(model: nn.Module, example: torch.Tensor, threads: int = 2, batch: int = 1,
+                  runtime: str = DEFAULT_RUNTIME) -> float:
+    """One model's median latency (ms) at `batch` on `runtime` (measure_models of one)."""
+    return measure_models([model], example, threads=threads, batch=batch, runtime=runtime)[0]
 
 
 def fast_multiple(model: nn.Module, example: torch.Tensor, threads: int = 2, batch: int = 1,
-                  candidates=(1, 4, 8, 16), flops: float = 0.7, **shrink) -> int:
+                  candidates=(1, 4, 8, 16), flops: float = 0.7, runtime: str = DEFAULT_RUNTIME,
+                  reach: float | None = None, **shrink) -> int:
     """round_to = "auto": the smallest channel multiple whose model at `flops` of the FLOPs (uniform allocation)
     runs within 3% of the fastest. Measured on the whole model, the candidates timed interleaved, not layer by
     layer: onnxruntime's CPU kernels work in blocked layouts (NCHWc: 8 channels with AVX2, 16 with AVX-512) and
     a count off the block makes them reorder between layers (an unrounded MobileNetV2 at 70% of its FLOPs runs
-    slower than dense), a cost no single layer shows. At equal FLOPs, so a multiple is judged on speed alone."""
+    slower than dense), a cost no single layer shows. At equal FLOPs, so a multiple is judged on speed alone.
+
+    `reach`: the FLOPs fraction the stage is asked for; a multiple too coarse to reach it within 2% (ResNet-56 at
+    16: its 16-channel stages cannot shrink, 50% stops at 59%) is passed over for the next fastest that does."""
     import copy
 
     from .shrink import shrink_channels
@@ -244,19 +331,35 @@ def fast_multiple(model: nn.Module, example: torch.Tensor, threads: int = 2, bat
         small = copy.deepcopy(model)
         shrink_channels(small, example, "prune", flops=flops, round_to=c, progress=False, **shrink)
         smalls.append(small)
-    ms = measure_models(smalls, example, threads=threads, batch=batch, rounds=3)
-    return next(c for c, t in zip(candidates, ms) if t <= 1.03 * min(ms))
+    ms = measure_models(smalls, example, threads=threads, batch=batch, rounds=3, runtime=runtime)
+    ok = [(c, t) for c, t in zip(candidates, ms) if reach is None or _reaches(model, example, c, reach, **shrink)]
+    ok = ok or [(min(candidates), 0.0)]
+    return next(c for c, t in ok if t <= 1.03 * min(t for _, t in ok))
+
+
+def _reaches(model: nn.Module, example: torch.Tensor, multiple: int, flops: float, **shrink) -> bool:
+    """Whether pruning to `flops` with channel counts in multiples of `multiple` gets within 2% of it."""
+    import copy
+
+    from .flops import layer_flops
+    from .shrink import shrink_channels
+
+    small = copy.deepcopy(model)
+    shrink_channels(small, example, "prune", flops=flops, round_to=multiple, progress=False, **shrink)
+    return sum(layer_flops(small, example).values()) <= 1.02 * flops * sum(layer_flops(model, example).values())
 
 
 FLOOR_KEEP = GRID[0]  # the least every group keeps when the floor is measured: the table's lowest point
 
 
 def calibrated(model: nn.Module, example: torch.Tensor, groups: list[Group], table: LayerTable,
-               threads: int, batch: int, **shrink) -> LatencyModel:
+               threads: int, batch: int, runtime: str = DEFAULT_RUNTIME, **shrink) -> LatencyModel:
     """A LatencyModel for `groups` of the (unshrunk) model, calibrated on measurements of the dense model and of
     copies pruned uniformly to half and to a quarter (FLOOR_KEEP) of their channels, timed interleaved. The
     quarter is also the model's floor (`lm.floor`, a fraction of dense): what shrinking channels alone reaches,
-    since the nodes, memory traffic and the ops between the layers stay (a deep net at batch 1 is bound by them)."""
+    since the nodes, memory traffic and the ops between the layers stay (a deep net at batch 1 is bound by them).
+    On another runtime than onnxruntime CPU the table (FP32 layers on onnxruntime) is the shape of the prediction
+    and these measurements on `runtime` its scale and offset."""
     import copy
 
     from .shrink import shrink_channels
@@ -269,13 +372,14 @@ def calibrated(model: nn.Module, example: torch.Tensor, groups: list[Group], tab
         after = {r["group"]: r["after"] / r["before"] for r in rec}
         keeps.append([after.get(g.root, 1.0) for g in groups])
         smalls.append(small)
-    ms = measure_models(smalls, example, threads=threads, batch=batch)
+    ms = measure_models(smalls, example, threads=threads, batch=batch, runtime=runtime)
     lm.calibrate(list(zip(keeps, ms)))
     lm.floor = ms[-1] / ms[0]
     return lm
 
 
-def refuse_below_floor(target: float, lm: LatencyModel, threads: int, batch: int, tolerance: float = 0.05) -> None:
+def refuse_below_floor(target: float, lm: LatencyModel, threads: int, batch: int, tolerance: float = 0.05,
+                       runtime: str = DEFAULT_RUNTIME) -> None:
     """Raise OTCError when `target` (a fraction of dense latency) is below the measured floor: shrinking channels
     cannot reach it, and trying cuts a model to chance (every group far below FLOOR_KEEP) for nothing."""
     from ..errors import OTCError
@@ -283,5 +387,5 @@ def refuse_below_floor(target: float, lm: LatencyModel, threads: int, batch: int
     if target < lm.floor * (1 - tolerance):
         raise OTCError(f"latency = {target} is below what shrinking channels reaches on this model: every group at "
                        f"{FLOOR_KEEP:.0%} of its channels measured {lm.floor:.2f} of the dense {lm.measured_dense_ms:.2f} ms "
-                       f"(onnxruntime CPU, batch {batch}, {threads} threads; the nodes and the ops between the layers "
+                       f"({RUNTIMES[runtime].describe}, batch {batch}, {threads} threads; the nodes and the ops between the layers "
                        f"stay); give latency >= {lm.floor:.2f}, a larger latency_batch, or a flops target")

@@ -40,6 +40,10 @@ def run_dtp(ctx, p: dict) -> dict:
     groups = graph.groups()
     flops_model = FlopsModel(model, ctx.example, groups)
     latency = None
+    if p.get("latency") is not None or p["round_to"] == "auto":
+        from ..channels.latency import RUNTIMES
+
+        RUNTIMES[p["latency_runtime"]].check()  # TensorRT not installed: said before any training
     if p.get("latency") is not None:  # a latency target as the FLOPs budget that lands on it at uniform keep
         p = dict(p, flops=latency_flops(model, ctx.example, groups, flops_model, p))
         latency = {"target": p["latency"], "flops_budget": p["flops"]}
@@ -47,7 +51,8 @@ def run_dtp(ctx, p: dict) -> dict:
         from ..channels.latency import fast_multiple
 
         p = dict(p, round_to=fast_multiple(model, ctx.example, p["latency_threads"], p["latency_batch"],
-                                           exclude=p["exclude"], scope=p["scope"]))
+                                           runtime=p["latency_runtime"], reach=p["flops"], exclude=p["exclude"],
+                                           scope=p["scope"]))
     budget = p["flops"] is not None
     if budget:
         sel = list(range(len(groups)))
@@ -168,7 +173,8 @@ def run_dtp(ctx, p: dict) -> dict:
     if latency is not None:
         from ..channels.latency import measure_model
 
-        latency["measured"] = measure_model(model, ctx.example, p["latency_threads"], p["latency_batch"]) / latency["dense_ms"]
+        latency["measured"] = measure_model(model, ctx.example, p["latency_threads"], p["latency_batch"],
+                                            p["latency_runtime"]) / latency["dense_ms"]
         latency["miss"] = latency["measured"] / latency["target"] - 1
     return {"latency": latency, "groups": [{"group": k, "before": next(g.n for g in groups if g.root == k), "after": len(v),
                         "layers": next(g.layers for g in groups if g.root == k), "fused": False} for k, v in keep.items()],
@@ -180,9 +186,9 @@ def latency_flops(model, example, groups, flops_model, p) -> float:
     from ..channels.latency import LayerTable, calibrated, refuse_below_floor
 
     table = LayerTable(p["latency_threads"], p["latency_batch"])
-    lm = calibrated(model, example, groups, table, p["latency_threads"], p["latency_batch"],
+    lm = calibrated(model, example, groups, table, p["latency_threads"], p["latency_batch"], p["latency_runtime"],
                     exclude=p["exclude"], scope=p["scope"])
-    refuse_below_floor(p["latency"], lm, p["latency_threads"], p["latency_batch"])
+    refuse_below_floor(p["latency"], lm, p["latency_threads"], p["latency_batch"], runtime=p["latency_runtime"])
     dense = lm.measured_dense_ms
     lo, hi = 0.0, 1.0
     for _ in range(40):

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from ..errors import OTCError
+from .bias import correct_bias
 from .settings import CALIBRATIONS, KEEP_FLOAT, SCHEMES, Settings
 
 # what onnxruntime is asked to quantize: weighted ops and the ops TensorRT fuses Q/DQ into (residual adds,
@@ -36,6 +37,7 @@ class Quantized:
     settings: Settings
     float_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it stayed in float
     seconds: float = 0.0
+    bias_shift: dict[str, list[float]] = field(default_factory=dict)  # bias tensor -> shift per channel (bias.py)
 
 
 class _Reader:
@@ -89,12 +91,13 @@ def float_by_rule(proto: onnx.ModelProto, exclude: dict[str, str]) -> dict[str, 
 
 
 def quantize_model(fp32: Path, out: Path, calib: np.ndarray, settings: Settings, float_nodes: dict[str, str],
-                   cache: Path) -> Quantized:
+                   cache: Path, bias_correction: bool) -> Quantized:
     """Quantize `fp32` into `out` (Q/DQ) with `settings`, keeping `float_nodes` in float.
 
     Args:
         calib: calibration images (float32, the model's input layout).
         cache: a folder for the calibration ranges (one file per calibration method, reused).
+        bias_correction: correct the int32 biases on `calib` afterwards (bias.py; the shifts in `bias_shift`).
 
     Raises:
         OTCError: onnxruntime's quantizer failed (its message).
@@ -122,7 +125,8 @@ def quantize_model(fp32: Path, out: Path, calib: np.ndarray, settings: Settings,
     except Exception as e:
         raise OTCError(f"{fp32.name}: onnxruntime's quantizer failed with {settings.label}: {type(e).__name__}: "
                        f"{str(e)[:300]}") from None
-    return Quantized(out, settings, dict(float_nodes), time.perf_counter() - t0)
+    shift = correct_bias(fp32, out, calib) if bias_correction else {}
+    return Quantized(out, settings, dict(float_nodes), time.perf_counter() - t0, shift)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,11 @@ def _value(inits: dict, name: str) -> np.ndarray | None:
     return numpy_helper.to_array(t) if t is not None else None
 
 
+def tensor_name(dq: onnx.NodeProto) -> str:
+    """The FP32 tensor a DequantizeLinear of a stored integer tensor (weight or bias) stands for."""
+    return dq.output[0].removesuffix("_DequantizeLinear_Output").removesuffix("_quantized")
+
+
 def read_plan(path: Path) -> dict[str, dict]:
     """{fp32 tensor name: {kind, scale, zero_point, dtype, axis}} of the Q/DQ model at `path`."""
     proto = onnx.load(str(path))
@@ -49,8 +54,7 @@ def read_plan(path: Path) -> dict[str, dict]:
         if n.op_type == "QuantizeLinear":  # (a graph output's producer is renamed X_QuantizeLinear_Input)
             name, kind = n.input[0].removesuffix("_QuantizeLinear_Input"), "weight" if n.input[0] in inits else "activation"
         elif n.input[0] in inits:  # a DQ of a stored integer tensor: a weight or a bias
-            name = n.output[0].removesuffix("_DequantizeLinear_Output")
-            name = name if not name.endswith("_quantized") else name.removesuffix("_quantized")
+            name = tensor_name(n)
             kind = "bias" if numpy_helper.to_array(inits[n.input[0]]).dtype == np.int32 else "weight"
         else:
             continue  # the DQ half of an activation's pair: its Q carries the parameters
@@ -64,6 +68,19 @@ def read_plan(path: Path) -> dict[str, dict]:
                       "axis": int(axis) if axis is not None and np.size(scale) > 1 else None,
                       "shape": list(inits[n.input[0]].dims) if n.input[0] in inits else None}
     return plan
+
+
+def add_shifts(plan: dict, shifts: dict[str, list[float]]) -> None:
+    """Record bias correction's shifts in the plan (a bias entry's `shift`: added to the FP32 bias before it is
+    rounded to its grid), so the gate's reference uses the biases the file holds.
+
+    Raises:
+        InternalError: a shifted bias the file does not quantize.
+    """
+    for name, shift in shifts.items():
+        if plan.get(name, {}).get("kind") != "bias":
+            raise InternalError(f"quantize: bias correction shifted {name}, which the file does not hold as a bias")
+        plan[name]["shift"] = list(shift)
 
 
 def check_plan(plan: dict, per_channel: bool, scheme) -> None:

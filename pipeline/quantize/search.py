@@ -19,7 +19,7 @@ import onnx
 
 from ..errors import OTCError
 from .build import Quantized, quantize_model
-from .settings import Settings, Target, candidates
+from .settings import DEFAULTS, Settings, Target, candidates
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -65,13 +65,14 @@ def quantizable(proto: onnx.ModelProto, float_nodes: dict) -> list[str]:
 
 def choose(fp32: Path, work: Path, calib: np.ndarray, held: np.ndarray, given: Settings, target: Target,
            float_nodes: dict[str, str], score, min_agreement: float, max_float: int, fallback: bool,
-           progress=lambda msg: None) -> Choice:
+           progress=lambda msg: None, bias_correction: bool = DEFAULTS["bias_correction"]) -> Choice:
     """The quantization to ship (see the module docstring).
 
     Args:
         calib, held: calibration images for the ranges, and held-out ones to score on.
         score: score(fp32_outputs, int8_outputs) -> agreement in [0, 1] (the task's).
         progress: called with a line per candidate and per fallback step.
+        bias_correction: every quantization's int32 biases corrected on `calib` (bias.py).
     """
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "ranges"
@@ -80,7 +81,7 @@ def choose(fp32: Path, work: Path, calib: np.ndarray, held: np.ndarray, given: S
     base = latency(fp32, shape) if target.measure else None
     rows, best = [], None
     for i, s in enumerate(candidates(target, given)):
-        q = quantize_model(fp32, work / f"candidate{i}.onnx", calib, s, float_nodes, cache)
+        q = quantize_model(fp32, work / f"candidate{i}.onnx", calib, s, float_nodes, cache, bias_correction)
         a = float(score(want, run(q.path, held)))
         lat = latency(q.path, shape) if target.measure else None
         speed = (statistics.geometric_mean([base[k] / lat[k] for k in lat]) if lat else None)
@@ -98,21 +99,23 @@ def choose(fp32: Path, work: Path, calib: np.ndarray, held: np.ndarray, given: S
             r["fp32_latency_ms"] = base
     steps = []
     if not ok and fallback:
-        q, a, steps = _fallback(fp32, work, calib, held, q, a, want, score, min_agreement, max_float, cache, progress)
+        q, a, steps = _fallback(fp32, work, calib, held, q, a, want, score, min_agreement, max_float, cache, progress,
+                                bias_correction)
     final = work / "chosen.onnx"
     shutil.copyfile(q.path, final)
     q.path = final
     return Choice(q, a, rows, steps)
 
 
-def _fallback(fp32, work, calib, held, q: Quantized, agreement, want, score, min_agreement, max_float, cache, progress):
+def _fallback(fp32, work, calib, held, q: Quantized, agreement, want, score, min_agreement, max_float, cache, progress,
+              bias_correction):
     """Return the most sensitive layers to float, one at a time (see the module docstring)."""
     proto = onnx.load(str(fp32), load_external_data=False)
     err = _error(want, run(q.path, held))
     gains = []
     for name in quantizable(proto, q.float_nodes):  # sensitivity: the output error this layer alone causes
         trial = quantize_model(fp32, work / "probe.onnx", calib, q.settings,
-                               {**q.float_nodes, name: "probe"}, cache)
+                               {**q.float_nodes, name: "probe"}, cache, False)  # a ranking: uncorrected, cheap
         gains.append((err - _error(want, run(trial.path, held)), name))
     gains.sort(reverse=True)
     steps, floats = [], dict(q.float_nodes)
@@ -120,7 +123,7 @@ def _fallback(fp32, work, calib, held, q: Quantized, agreement, want, score, min
         if agreement >= min_agreement:
             break
         floats[name] = f"returned to float by the fallback: the most sensitive layer left (output error -{gain:.3g})"
-        q = quantize_model(fp32, work / "fallback.onnx", calib, q.settings, floats, cache)
+        q = quantize_model(fp32, work / "fallback.onnx", calib, q.settings, floats, cache, bias_correction)
         agreement = float(score(want, run(q.path, held)))
         steps.append({"node": name, "error_reduction": gain, "agreement": agreement})
         progress(f"  fallback: {name} to float -> agreement {agreement:.4f}")

@@ -90,6 +90,7 @@ DEFAULTS = {
     # low margins exceed with every quantizer (onnxruntime's defaults: 0.986 on the test images)
     "min_agreement": 0.98,
     "max_float": 24,  # layers the fallback may return to float
+    "bias_correction": True,  # int32 biases corrected on the calibration images (bias.py)
 }
 
 

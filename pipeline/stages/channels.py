@@ -6,6 +6,7 @@ import copy
 from ..channels.allocation import ALLOCATIONS, DEFAULT_ALLOCATION, check_flops, check_sparsity
 from ..channels.fusion import FUSIONS, OT_DEFAULTS
 from ..channels.importance import DEFAULT_IMPORTANCE, IMPORTANCE
+from ..channels.latency import DEFAULT_RUNTIME, RUNTIMES
 from ..channels.shrink import STRATEGIES, shrink_channels
 from ..errors import OTCError
 from ..recipe.schema import Field
@@ -22,8 +23,12 @@ COMMON = {
                       help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
     "flops": Field((float,), check=check_flops, help="the fraction of FLOPs to keep, in (0, 1] (instead of sparsity)"),
     "latency": Field((float,), check=lambda v: None if 0 < v <= 1 else "expected the fraction of the latency to keep, in (0, 1]",
-                     help="the fraction of the measured onnxruntime CPU latency to keep, in (0, 1] (instead of "
-                          "sparsity or flops)"),
+                     help="the fraction of the measured latency (on latency_runtime) to keep, in (0, 1] (instead "
+                          "of sparsity or flops)"),
+    "latency_runtime": Field((str,), default=DEFAULT_RUNTIME, choices=RUNTIMES,
+                             help="what the latency is measured on: 'onnxruntime' (CPU, the FP32 export), "
+                                  "'onnxruntime-int8' (the quantize stage's default INT8 model), 'tensorrt-fp16', "
+                                  "'tensorrt-int8'"),
     "latency_threads": Field((int,), default=2, lo=1, help="onnxruntime threads the latency is measured with"),
     "latency_batch": Field((int,), default=1, lo=1, help="the batch the latency is measured at"),
     "allocation": Field((str,), default=DEFAULT_ALLOCATION, choices=ALLOCATIONS,
@@ -87,11 +92,14 @@ class Prune(Stage):
         probe = ctx.calibration(128, 0) if params["allocation"] == "sensitivity" else None
         from ..channels.latency import LayerTable, fast_multiple
 
+        if params["latency"] is not None or params["round_to"] == "auto":
+            RUNTIMES[params["latency_runtime"]].check()  # TensorRT not installed: said before any work
         table = LayerTable(threads=params["latency_threads"], batch=params["latency_batch"]) if params["latency"] else None
         round_to = params["round_to"]
         if round_to == "auto":
             round_to = fast_multiple(ctx.model, ctx.example, params["latency_threads"], params["latency_batch"],
-                                     exclude=params["exclude"], scope=params["scope"])
+                                     runtime=params["latency_runtime"], reach=params["flops"], exclude=params["exclude"],
+                                     scope=params["scope"])
         shrink = dict(keep=keep, sparsity=params["sparsity"] or 0.0, flops=params["flops"], allocation=params["allocation"],
                       round_to=round_to, exclude=params["exclude"], scope=params["scope"], data=data, unfolded=unfolded,
                       progress=ctx.progress, probe=probe)
@@ -110,7 +118,7 @@ class Prune(Stage):
         from the unshrunk model. The report gives predicted and measured latency for every attempt."""
         from ..channels.latency import calibrated, measure_models, refuse_below_floor
 
-        opts = dict(threads=params["latency_threads"], batch=params["latency_batch"])
+        opts = dict(threads=params["latency_threads"], batch=params["latency_batch"], runtime=params["latency_runtime"])
         before = copy.deepcopy(ctx.model)
         models: dict = {}
 
@@ -143,7 +151,8 @@ class Prune(Stage):
         miss = measured / params["latency"] - 1
         return groups, {"latency": {"target": params["latency"], "measured": measured, "miss": miss,
                                     "dense_ms": dense_ms, "ms": dense_ms * measured, "attempts": tries, "floor": lm.floor,
-                                    "threads": opts["threads"], "batch": opts["batch"], "table": str(table.path),
+                                    "threads": opts["threads"], "batch": opts["batch"], "runtime": opts["runtime"],
+                                    "table": str(table.path),
                                     "within_10_percent": abs(miss) <= 0.10}}
 
 

@@ -39,6 +39,9 @@ class Quantize(Stage):
         "fallback": Field((bool,), default=True, help="return the most sensitive layers to float until it agrees"),
         "max_float": Field((int,), default=DEFAULTS["max_float"], lo=0, help="layers the fallback may return to float"),
         "exclude": Field((list,), default=[], check=_patterns, help="nodes or modules kept in float (patterns)"),
+        "bias_correction": Field((bool,), default=DEFAULTS["bias_correction"],
+                                 help="correct the int32 biases for the mean shift quantization causes, on the "
+                                      "calibration images"),
     }
 
     def needs(self, params):
@@ -56,7 +59,7 @@ class Quantize(Stage):
         from ..artifacts import atomic_write_json
         from ..context import Export
         from ..quantize.build import float_by_rule, module_of
-        from ..quantize.plan import check_plan, read_plan
+        from ..quantize.plan import add_shifts, check_plan, read_plan
         from ..quantize.search import choose
         from ..quantize.settings import SCHEMES, Settings
 
@@ -74,7 +77,8 @@ class Quantize(Stage):
         work = ctx.out / ".quantize"
         try:
             choice = choose(fp32, work, calib, held, given, TARGETS[params["target"]], floats, score,
-                            params["min_agreement"], params["max_float"], params["fallback"], say)
+                            params["min_agreement"], params["max_float"], params["fallback"], say,
+                            params["bias_correction"])
             out = ctx.out / ARTIFACT
             shutil.copyfile(choice.quantized.path, out)
         finally:
@@ -82,11 +86,13 @@ class Quantize(Stage):
         s = choice.quantized.settings
         plan = read_plan(out)
         check_plan(plan, s.per_channel, SCHEMES[s.scheme])
+        add_shifts(plan, choice.quantized.bias_shift)
         record = {"settings": s.as_dict(), "label": s.label, "target": params["target"], "agreement": choice.agreement,
                   "min_agreement": params["min_agreement"], "held_out": len(held), "calibration_images": len(calib),
                   "float": [{"node": n, "module": modules.get(n, ""), "why": w}
                             for n, w in choice.quantized.float_nodes.items()],
-                  "candidates": choice.candidates, "fallback": choice.fallback}
+                  "candidates": choice.candidates, "fallback": choice.fallback,
+                  "bias_corrected": len(choice.quantized.bias_shift)}
         atomic_write_json(ctx.out / PLAN, {**record, "reference": fp32.name, "plan": plan})
         ctx.quantization = record
         ctx.exports[ARTIFACT] = Export(out, precision="int8", gate={"kind": "int8", "plan": PLAN, "reference": fp32.name})

@@ -1,7 +1,8 @@
 """The gate for a quantized artifact (model.int8.onnx). Its numbers cannot match the FP32 model element by
 element to 1e-4, so, as the token gate replays decisions, the INT8 model is compared with a reference that
 applies the *same* quantization: the FP32 export with the recorded plan's scales and zero points applied as
-fake quantization (Quantize/Dequantize in float, weights and biases rounded to their integer grids), run
+fake quantization (Quantize/Dequantize in float, weights and biases rounded to their integer grids, biases
+shifted first where bias correction recorded a shift), run
 without graph optimisations, so every op computes in float what the integer kernels compute in integers.
 What remains between the two is integer rounding of requantized intermediate values (a few quantization steps
 of the output at most), so the tolerance is counted in steps of the output's own quantization.
@@ -45,6 +46,8 @@ def reference_model(fp32: Path, plan: dict, out: Path) -> Path:
     for name, q in plan.items():
         if q["kind"] in ("weight", "bias", "constant") and name in inits:
             arr = numpy_helper.to_array(inits[name])
+            if "shift" in q:  # bias correction's (otcompress.quantize.bias)
+                arr = arr + np.asarray(q["shift"], dtype=arr.dtype)
             inits[name].CopyFrom(numpy_helper.from_array(_fake(arr.astype(np.float64), q).astype(arr.dtype), name))
     outputs = {o.name for o in g.output}
     new_nodes = []
