@@ -55,9 +55,9 @@ def _channel_means(proto: onnx.ModelProto, tensors: list[str], x: np.ndarray) ->
     sess = ort.InferenceSession(p.SerializeToString(), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     fixed = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value
-    step = fixed if fixed > 0 else BATCH
+    step = fixed if fixed > 0 else min(BATCH, len(x))
     sums, count = {t: 0.0 for t in tensors}, {t: 0 for t in tensors}
-    for i in range(0, len(x) - step + 1, step):
+    for i in range(0, len(x) - (step - 1 if fixed > 0 else 0), step):  # a static batch: whole batches only
         for t, v in zip(tensors, sess.run(tensors, {name: np.ascontiguousarray(x[i:i + step])})):
             sums[t] = sums[t] + v.astype(np.float64).sum(axis=tuple(a for a in range(v.ndim) if a != 1))
             count[t] += v.size // v.shape[1]
@@ -69,7 +69,7 @@ def correct_bias(fp32: Path, int8: Path, calib: np.ndarray) -> dict[str, list[fl
 
     Args:
         fp32: the FP32 model it was quantized from (its weighted nodes carry the same names).
-        calib: calibration images (float32, the model's input layout); fewer than one batch corrects nothing.
+        calib: calibration images (float32, the model's input layout); fewer than a static batch corrects nothing.
 
     Returns:
         {bias tensor name as the plan names it: shift added per output channel, in float}.
@@ -79,7 +79,7 @@ def correct_bias(fp32: Path, int8: Path, calib: np.ndarray) -> dict[str, list[fl
     fnodes = {n.name: n for n in ref.graph.node}
     pairs = {k: v for k, v in _biased(proto).items() if k in fnodes and fnodes[k].op_type == v[0].op_type}
     fixed = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value
-    if not pairs or len(calib) < (fixed if fixed > 0 else BATCH):
+    if not pairs or len(calib) < max(fixed, 1):
         return {}
     want = _channel_means(ref, [fnodes[k].output[0] for k in pairs], calib)
     inits = {i.name: i for i in proto.graph.initializer}
