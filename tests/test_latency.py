@@ -115,6 +115,24 @@ def test_sensitivity_cuts_what_does_not_matter_where_uniform_cuts_everything_ali
     assert sens_err < 1e-6 < uni_err, (sens_err, uni_err)  # so the output does not move, for the same FLOPs
 
 
+def test_the_sensitivity_proxy_charges_nothing_for_a_channel_the_kept_ones_predict():
+    """fill = "regress": a cut channel that copies a kept one reads its prediction, so cutting it costs nothing
+    (what repair's refit recovers); "mean" (the default) charges it, "zero" more."""
+    from otcompress.channels.groups import GroupGraph
+    from otcompress.channels.sensitivity import group_errors
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    with torch.no_grad():
+        model[0].weight[4:] = model[0].weight[:4]  # channels 4..7 copy 0..3
+        model[0].bias[4:] = model[0].bias[:4]
+    x = torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    groups = [g for g in GroupGraph(model, x[:1]).groups() if g.n == 8]
+    scores = lambda g: torch.tensor([1.0] * 4 + [0.0] * 4, dtype=torch.float64)  # noqa: E731 - the copies go
+    err = {f: group_errors(model, groups, x, scores, levels=(0.5,), fill=f)[0][0.5] for f in ("regress", "mean", "zero")}
+    assert err["regress"] < 1e-4 < 1e-2 < err["mean"] < err["zero"], err
+
+
 class BumpyCost:
     """A measured-latency-like budget: each group's cost falls with its keep ratio except at 0.75, where a count
     off the kernel's channel block is slower than the whole group."""

@@ -25,24 +25,59 @@ def _consumers(g: Group):
     return [s for s in g.slices if s.role in ("in", "gin") and not s.constraint]
 
 
-FILL = "mean"  # what a cut channel reads as: "mean" (its mean over the images: the shift repair corrects) or "zero"
+def _fill_zero(y: torch.Tensor, pos: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Cut channels read zero (channels last)."""
+    y[..., pos] = 0.0
+    return y
 
 
-def _input_means(model: nn.Module, groups: list[Group], x: torch.Tensor) -> tuple[dict, dict]:
-    """The model's outputs on x, and each consumer layer's per-channel input mean on x."""
-    means, hooks = {}, []
+def _fill_mean(y: torch.Tensor, pos: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Cut channels read their mean over the images: the shift repair's statistics matching corrects."""
+    y[..., pos] = stats["mean"][pos].to(y)
+    return y
+
+
+def _fill_regress(y: torch.Tensor, pos: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Cut channels read their least-squares prediction from the channels still there, at the same position:
+    what a consumer refit (repair's least squares) can recover from the kept inputs. A channel that copies
+    kept ones costs nothing; one nobody predicts costs what its mean leaves."""
+    rows = stats["rows"]  # (R, C) sampled input rows, float64
+    keep = torch.ones(rows.shape[1], dtype=torch.bool)
+    keep[pos] = False
+    X = torch.cat([rows[:, keep], rows.new_ones(len(rows), 1)], 1)
+    gram = X.T @ X
+    lam = 1e-3 * gram.diagonal().mean().clamp_min(1e-12)
+    B = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), X.T @ rows[:, pos]).to(y)
+    y[..., pos] = y[..., keep] @ B[:-1] + B[-1]
+    return y
+
+
+# what a cut channel reads as, each consumer layer seeing it: fn(channels-last input, cut positions, stats)
+FILLS = {"zero": _fill_zero, "mean": _fill_mean, "regress": _fill_regress}
+FILL = "mean"
+ROWS = 16  # sampled positions per image for the regression
+
+
+def _input_stats(model: nn.Module, groups: list[Group], x: torch.Tensor) -> tuple[dict, dict]:
+    """The model's outputs on x, and per consumer layer its input's per-channel mean and sampled rows."""
+    stats, hooks = {}, []
+    gen = torch.Generator().manual_seed(0)
     for s in {id(s.module): s for g in groups for s in _consumers(g)}.values():
         dim = -1 if isinstance(s.module, nn.Linear) else 1
 
         def hook(mod, inp, dim=dim):
-            y = inp[0].movedim(dim % inp[0].dim(), 0)
-            means[mod] = y.reshape(y.shape[0], -1).mean(1)
+            y = inp[0].detach().movedim(dim % inp[0].dim(), -1)
+            flat = y.reshape(y.shape[0], -1, y.shape[-1]).double()  # (n, L, C)
+            k = min(ROWS, flat.shape[1])
+            pick = torch.stack([torch.randperm(flat.shape[1], generator=gen)[:k] for _ in range(len(flat))])
+            rows = flat.gather(1, pick[:, :, None].expand(-1, -1, flat.shape[-1])).reshape(-1, flat.shape[-1])
+            stats[mod] = {"mean": flat.reshape(-1, flat.shape[-1]).mean(0), "rows": rows}
 
         hooks.append((s.module, hook))
-    return _outputs(model, x, hooks), means
+    return outputs(model, x, hooks), stats
 
 
-def _outputs(model: nn.Module, x: torch.Tensor, pre_hooks: list) -> dict:
+def outputs(model: nn.Module, x: torch.Tensor, pre_hooks: list = ()) -> dict:
     """The model's flattened outputs on x with (module, forward pre-hook) pairs in place, removed after."""
     handles = [m.register_forward_pre_hook(fn) for m, fn in pre_hooks]
     try:
@@ -52,15 +87,27 @@ def _outputs(model: nn.Module, x: torch.Tensor, pre_hooks: list) -> dict:
             h.remove()
 
 
+def variances(ref: dict) -> dict:
+    return {k: v.var().clamp_min(1e-12) for k, v in ref.items()}
+
+
+def output_error(ref: dict, got: dict, var: dict | None = None) -> float:
+    """Mean squared error of flattened outputs over the reference's variance, summed over outputs."""
+    var = var or variances(ref)
+    return float(sum(((got[n] - ref[n]) ** 2).mean() / var[n] for n in ref))
+
+
 @torch.no_grad()
 def group_errors(model: nn.Module, groups: list[Group], x: torch.Tensor, scores, levels=LEVELS,
                  fill: str = FILL) -> list[dict]:
     """Per group, {keep ratio: output error} with the group's lowest-scored channels replaced where they are
-    read: by their mean over x (`fill = "mean"`, the default: repair's statistics matching puts the mean back,
-    so what is measured is what it cannot) or by zero."""
+    read, as `fill` says (FILLS: "mean", the default, "regress" or "zero"). "regress" models repair's refit
+    more closely but allocated worse after the real repair (CIFAR ResNet-56 at 42% FLOPs: 85.1 vs 86.2 top-1,
+    VGG-11 at 50%: 83.7 vs 85.4): statistics matching, which every layer gets, restores means, not predictions."""
     model.eval()
-    ref, means = _input_means(model, groups, x)
-    var = {k: v.var().clamp_min(1e-12) for k, v in ref.items()}
+    ref, stats = _input_stats(model, groups, x)
+    var = variances(ref)
+    fn = FILLS[fill]
     out = []
     for g in groups:
         order = torch.argsort(scores(g), descending=True, stable=True)  # frozen channels score +inf: kept first
@@ -80,20 +127,12 @@ def group_errors(model: nn.Module, groups: list[Group], x: torch.Tensor, scores,
                 dim = -1 if isinstance(s.module, nn.Linear) else 1
 
                 def cut(mod, inp, pos=pos, dim=dim):
-                    y = inp[0].clone()
-                    d = dim % y.dim()
-                    if fill == "mean":
-                        shape = [1] * y.dim()
-                        shape[d] = len(pos)
-                        y.index_copy_(d, pos.to(y.device), means[mod][pos].view(shape).expand(
-                            *[len(pos) if i == d else n for i, n in enumerate(y.shape)]).contiguous())
-                    else:
-                        y.index_fill_(d, pos.to(y.device), 0.0)
-                    return (y, *inp[1:])
+                    d = dim % inp[0].dim()
+                    y = fn(inp[0].movedim(d, -1).clone(), pos, stats[mod])
+                    return (y.movedim(-1, d).contiguous(), *inp[1:])
 
                 hooks.append((s.module, cut))
-            got = _outputs(model, x, hooks)
-            errs[k] = float(sum(((got[n] - ref[n]) ** 2).mean() / var[n] for n in ref))
+            errs[k] = output_error(ref, outputs(model, x, hooks), var)
         out.append(errs)
     return out
 
