@@ -97,7 +97,8 @@ def _dead_half():
     return model
 
 
-def test_sensitivity_cuts_what_does_not_matter_where_uniform_cuts_everything_alike():
+@pytest.mark.parametrize("proxy", ["mean", "regress"])
+def test_sensitivity_cuts_what_does_not_matter_where_uniform_cuts_everything_alike(proxy):
     from otcompress.channels.shrink import shrink_channels
 
     x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -106,7 +107,8 @@ def test_sensitivity_cuts_what_does_not_matter_where_uniform_cuts_everything_ali
         model = _dead_half()
         with torch.no_grad():
             ref = model(x)
-        rec = shrink_channels(model, x[:1], "prune", flops=0.75, allocation=allocation, probe=x, progress=False)
+        rec = shrink_channels(model, x[:1], "prune", flops=0.75, allocation=allocation, probe=x, proxy=proxy,
+                              progress=False)
         with torch.no_grad():
             out[allocation] = ({r["group"]: r["after"] for r in rec}, float((model(x) - ref).pow(2).mean() / ref.var()))
     (sens, sens_err), (uni, uni_err) = out["sensitivity"], out["uniform"]
@@ -201,6 +203,8 @@ def test_a_latency_target_below_the_measured_floor_is_refused_naming_the_floor(t
     ("latency = 1.5", "expected the fraction of the latency to keep"),
     ('flops = 0.5\nround_to = "fast"', "expected a positive integer or 'auto'"),
     ('sparsity = 0.3\nallocation = "sensitivity"', "'sensitivity' shares a flops or latency budget"),
+    ('flops = 0.7\nallocation = "sensitivity"\nproxy = "median"', "proxy"),
+    ('flops = 0.7\nproxy = "regress"', "allocation = 'sensitivity'"),
 ])
 def test_bad_budget_keys_exit_2_naming_the_key(tmp_path, quickstart_copy, keys, expect):
     res, out = _quickstart(tmp_path, quickstart_copy, keys)

@@ -99,7 +99,8 @@ def _closest(ratio_of, lo: float, hi: float, target: float, steps: int = 40) -> 
 
 # An allocation shares a budget among groups: fn(groups, cost, target, count_at, scores, probe) -> counts, where
 # cost.ratio(keeps) is the budget's fraction (FLOPs, or calibrated latency) left at these keep ratios, count_at(g, p)
-# the count group g keeps at sparsity p, scores(g) its channel scores, probe (model, calibration images) or None.
+# the count group g keeps at sparsity p, scores(g) its channel scores, probe (model, calibration images, proxy: a
+# channels/sensitivity.py FILLS name) or None.
 
 
 @ALLOCATIONS.register("uniform")
@@ -144,5 +145,5 @@ def sensitivity(groups, cost, target, count_at, scores, probe=None) -> list[int]
     if probe is None:
         raise OTCError("allocation = 'sensitivity' measures each group on calibration images: give [data].calib "
                        "(or [data].train)")
-    model, x = probe
-    return allocate(groups, cost, target, count_at, group_errors(model, groups, x, scores))
+    model, x, proxy = probe
+    return allocate(groups, cost, target, count_at, group_errors(model, groups, x, scores, fill=proxy))

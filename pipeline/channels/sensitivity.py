@@ -1,9 +1,9 @@
 """Sensitivity-based allocation: measure on calibration images what each group's channels are worth, then share
 the budget (FLOPs or latency) so the total measured error is least, as a knapsack over groups.
 
-For every group and a few keep ratios, the group alone is cut (its least important channels replaced by their
-mean at every layer that reads them: what removing them feeds the rest of the network once repair has put the
-mean back) and the output error against the
+For every group and a few keep ratios, the group alone is cut (its least important channels replaced, at every
+layer that reads them, by their mean: what removing them feeds the rest of the network once repair has put the
+mean back; or by their prediction from the kept channels, or zero: FILLS) and the output error against the
 uncut model is measured (mean squared error over the outputs' variance). That cheap proxy stands in for
 "shrunk and repaired": the benchmark compares the allocations after the real repair. The knapsack is solved
 greedily on marginal cost: from the dense model, repeatedly take the step (one group down one count level)
@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..outputs import flatten
+from ..registry import Registry
 from .groups import Group
 
 LEVELS = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)  # keep ratios measured (1.0: no error)
@@ -25,18 +26,28 @@ def _consumers(g: Group):
     return [s for s in g.slices if s.role in ("in", "gin") and not s.constraint]
 
 
+# what a cut channel reads as, each consumer layer seeing it: fn(channels-last input, cut positions, stats);
+# the sensitivity allocation's `proxy` key
+FILLS = Registry("sensitivity proxy")
+FILL = "mean"
+ROWS = 16  # sampled positions per image for the regression
+
+
+@FILLS.register("zero")
 def _fill_zero(y: torch.Tensor, pos: torch.Tensor, stats: dict) -> torch.Tensor:
     """Cut channels read zero (channels last)."""
     y[..., pos] = 0.0
     return y
 
 
+@FILLS.register("mean")
 def _fill_mean(y: torch.Tensor, pos: torch.Tensor, stats: dict) -> torch.Tensor:
     """Cut channels read their mean over the images: the shift repair's statistics matching corrects."""
     y[..., pos] = stats["mean"][pos].to(y)
     return y
 
 
+@FILLS.register("regress")
 def _fill_regress(y: torch.Tensor, pos: torch.Tensor, stats: dict) -> torch.Tensor:
     """Cut channels read their least-squares prediction from the channels still there, at the same position:
     what a consumer refit (repair's least squares) can recover from the kept inputs. A channel that copies
@@ -52,10 +63,6 @@ def _fill_regress(y: torch.Tensor, pos: torch.Tensor, stats: dict) -> torch.Tens
     return y
 
 
-# what a cut channel reads as, each consumer layer seeing it: fn(channels-last input, cut positions, stats)
-FILLS = {"zero": _fill_zero, "mean": _fill_mean, "regress": _fill_regress}
-FILL = "mean"
-ROWS = 16  # sampled positions per image for the regression
 
 
 def _input_stats(model: nn.Module, groups: list[Group], x: torch.Tensor) -> tuple[dict, dict]:

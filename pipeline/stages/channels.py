@@ -7,6 +7,7 @@ from ..channels.allocation import ALLOCATIONS, DEFAULT_ALLOCATION, check_flops, 
 from ..channels.fusion import FUSIONS, OT_DEFAULTS
 from ..channels.importance import DEFAULT_IMPORTANCE, IMPORTANCE
 from ..channels.latency import DEFAULT_RUNTIME, RUNTIMES
+from ..channels.sensitivity import FILL, FILLS
 from ..channels.shrink import STRATEGIES, shrink_channels
 from ..errors import OTCError
 from ..recipe.schema import Field
@@ -35,6 +36,9 @@ COMMON = {
                         help="how a flops or latency target is shared among groups: 'uniform' (one sparsity), "
                              "'global' (one importance threshold) or 'sensitivity' (least measured output error, "
                              "on calibration images)"),
+    "proxy": Field((str,), default=FILL, choices=FILLS,
+                   help="what a cut channel reads when allocation = 'sensitivity' measures it: 'mean' (its mean "
+                        "over the images), 'regress' (its least-squares prediction from the channels kept) or 'zero'"),
     "round_to": Field((int, str), default=1, check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
                       else "expected a positive integer or 'auto'",
                       help="kept counts are multiples of it; 'auto': the multiple the latency table shows fast here"),
@@ -79,6 +83,8 @@ class Prune(Stage):
                     "latency (fraction of the measured latency kept)"]
         if params["allocation"] == "sensitivity" and params["sparsity"] is not None:
             return [("allocation", "'sensitivity' shares a flops or latency budget; give flops or latency")]
+        if params["proxy"] != FILL and params["allocation"] != "sensitivity":
+            return [("proxy", "it is what allocation = 'sensitivity' measures with; set that allocation or drop it")]
         return []
 
     def apply(self, ctx, params):
@@ -102,7 +108,7 @@ class Prune(Stage):
                                      scope=params["scope"])
         shrink = dict(keep=keep, sparsity=params["sparsity"] or 0.0, flops=params["flops"], allocation=params["allocation"],
                       round_to=round_to, exclude=params["exclude"], scope=params["scope"], data=data, unfolded=unfolded,
-                      progress=ctx.progress, probe=probe)
+                      progress=ctx.progress, probe=probe, proxy=params["proxy"])
         details = {}
         if params["latency"] is not None:
             groups, details = self.to_latency(ctx, params, table, shrink)

@@ -16,7 +16,7 @@ class DTP(Stage):
     kind = "dtp"
     trains = True
     fields = {
-        **{k: v for k, v in COMMON.items() if k not in ("sparsity", "flops", "allocation", "round_to")},
+        **{k: v for k, v in COMMON.items() if k not in ("sparsity", "flops", "allocation", "proxy", "round_to")},
         "round_to": COMMON["round_to"],
         "sparsity": Field((float, list, dict), check=check_sparsity,
                           help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
