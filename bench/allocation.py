@@ -1,8 +1,10 @@
 """Allocation at a FLOPs budget, after repair, side by side in one run: on the CIFAR checkpoints, `prune` with
-uniform, global and sensitivity allocation (proxy "mean", the default, and "regress"), and `intrafusion` with
-sensitivity allocation, each followed by `repair` (512 unlabeled training images), all `round_to = 8`. FLOPs
-budgets isolate the allocation from latency noise: at a measured-latency target a few percent of timing noise on
-these small models is tens of percent of FLOPs (bench/latency.py). Top-1 on --limit test images.
+uniform, global and sensitivity allocation (proxy "mean", the default, and "regress"), `intrafusion` with
+sensitivity allocation, and `prune` with importance = "reconstruction" (uniform, and sensitivity with the regress
+proxy, which measures what that importance counts on: a refit), each followed by `repair` (512 unlabeled
+training images), all `round_to = 8`. FLOPs budgets isolate the allocation from latency noise: at a
+measured-latency target a few percent of timing noise on these small models is tens of percent of FLOPs
+(bench/latency.py). Top-1 on --limit test images.
 bench/results/NAME.json, NAME.png, the README table between the NAME markers.
 
     .venv/bin/python bench/allocation.py [--models resnet20:0.34,resnet56:0.42,vgg11_bn_half:0.5,mobilenetv2:0.5]
@@ -27,6 +29,9 @@ VARIANTS = [
     ("prune, sensitivity (mean proxy)", "prune", {"allocation": "sensitivity", "proxy": "mean"}),
     ("prune, sensitivity (regress proxy)", "prune", {"allocation": "sensitivity", "proxy": "regress"}),
     ("intrafusion, sensitivity (mean proxy)", "intrafusion", {"allocation": "sensitivity", "proxy": "mean"}),
+    ("prune, uniform, reconstruction importance", "prune", {"allocation": "uniform", "importance": "reconstruction"}),
+    ("prune, sensitivity (regress proxy), reconstruction importance", "prune",
+     {"allocation": "sensitivity", "proxy": "regress", "importance": "reconstruction"}),
 ]
 CALIB = 512
 

@@ -1,7 +1,8 @@
 """Latency budgets and sensitivity allocation, side by side in one run. On the CIFAR checkpoints (resnet20,
 resnet56, vgg11_bn_half, mobilenetv2) at a measured onnxruntime CPU latency of 0.7 and 0.5 of the original's
-(2 threads, at --batch): `prune` with uniform, global and sensitivity allocation, and `intrafusion` with
-sensitivity allocation, each followed by `repair` (512 unlabeled training images), all with `round_to = 8`;
+(2 threads, at --batch): `prune` with uniform, global and sensitivity allocation, `intrafusion` with
+sensitivity allocation, and `prune` uniform with importance = "reconstruction", each followed by `repair` (512
+unlabeled training images), all with `round_to = 8`;
 and Torch-Pruning (L1 magnitude, round_to 8) at the same measured latency (its pruning ratio bisected on
 measurements). On ImageNet-shaped torchvision MobileNetV2 and ResNet-50 (224x224, random weights: latency
 only), `prune` uniform data-free. Then, at 50% FLOPs, speedup over FLOP reduction with round_to 1 and "auto".
@@ -31,8 +32,9 @@ from common import publish, MODELS, SHARED, eval_data, interleaved_latency, load
 IMAGENET = {"tv_mobilenet_v2": ("torchvision:mobilenet_v2", {"num_classes": 1000}),
             "tv_resnet50": ("torchvision:resnet50", {"num_classes": 1000})}
 CIFAR = ["resnet20", "resnet56", "vgg11_bn_half", "mobilenetv2"]
-# (channel stage, allocation) with repair, on the CIFAR checkpoints
-VARIANTS = [("prune", "uniform"), ("prune", "global"), ("prune", "sensitivity"), ("intrafusion", "sensitivity")]
+# (channel stage, allocation, importance) with repair, on the CIFAR checkpoints
+VARIANTS = [("prune", "uniform", "l1"), ("prune", "global", "l1"), ("prune", "sensitivity", "l1"),
+            ("intrafusion", "sensitivity", "l1"), ("prune", "uniform", "reconstruction")]
 CALIB = 512
 
 
@@ -143,14 +145,15 @@ def main():
             add("original", model, flops_target=None)
             dense_ms = None
             for target in [float(t) for t in args.targets.split(",")]:
-                variants = VARIANTS if name in MODELS else [("prune", "uniform")]
-                for channel, allocation in variants:
+                variants = VARIANTS if name in MODELS else [("prune", "uniform", "l1")]
+                for channel, allocation, importance in variants:
                     stages = [{"kind": "fold_bn"}, {"kind": channel, "latency": target, "allocation": allocation,
-                                                    "round_to": 8, "latency_batch": args.batch}]
+                                                    "importance": importance, "round_to": 8, "latency_batch": args.batch}]
                     if name in MODELS:
                         stages.append({"kind": "repair", "samples": CALIB})
                     t0 = time.perf_counter()
-                    method = f"{channel}, {allocation}" + (" + repair" if name in MODELS else "")
+                    method = (f"{channel}, {allocation}" + (f", {importance}" if importance != "l1" else "")
+                              + (" + repair" if name in MODELS else ""))
                     try:
                         small, rep = otcompress.compress(copy.deepcopy(model), shape, stages,
                                                          data=data if name in MODELS else None, name=name, source=arch,
@@ -231,18 +234,23 @@ def markdown(res: dict) -> str:
 
 
 def wins(rows: list[dict]) -> str:
-    """Per checkpoint and target, which allocation + repair scored best, and Intra-Fusion against prune."""
+    """Per checkpoint and target, which allocation + repair scored best (l1 importance), Intra-Fusion against prune
+    (sensitivity allocation), and the reconstruction importance against l1 (uniform allocation)."""
     got = {(r["model"], r["target"], r["method"]): r.get("top1") for r in rows if r.get("top1") is not None}
     out = []
     for model, target in dict.fromkeys((m, t) for m, t, _ in got if t):
         top = {a: got.get((model, target, f"prune, {a} + repair")) for a in ("uniform", "global", "sensitivity")}
-        fused = got.get((model, target, "intrafusion, sensitivity + repair"))
         if None in top.values():
             continue
-        best = max(top, key=lambda a: top[a])
-        out.append(f"{model} at {target:.2f}: best allocation {best}"
-                   + (f"; Intra-Fusion {'beats' if fused > top['sensitivity'] else 'does not beat'} prune"
-                      f" ({100 * fused:.1f} vs {100 * top['sensitivity']:.1f})" if fused is not None else ""))
+        line = f"{model} at {target:.2f}: best allocation {max(top, key=lambda a: top[a])}"
+        fused, rec = (got.get((model, target, f"{k} + repair")) for k in ("intrafusion, sensitivity",
+                                                                            "prune, uniform, reconstruction"))
+        if fused is not None:
+            line += (f"; Intra-Fusion {'beats' if fused > top['sensitivity'] else 'does not beat'} prune"
+                     f" ({100 * fused:.1f} vs {100 * top['sensitivity']:.1f})")
+        if rec is not None:
+            line += f"; reconstruction importance {100 * rec:.1f} vs l1 {100 * top['uniform']:.1f} (uniform)"
+        out.append(line)
     return ("\n\n" + "; ".join(out) + ".") if out else ""
 
 
@@ -262,7 +270,7 @@ def plot(res: dict, path: Path) -> None:
             pts = sorted((r["latency"], 100 * r["top1"]) for r in rs if r["method"] == method and "error" not in r)
             if not pts:
                 continue
-            ax.plot(*zip(*pts), marker="o", label=method[:34])
+            ax.plot(*zip(*pts), marker="o", label=method[:44])
         dense = next(r for r in res["rows"] if r["model"] == m and r["method"] == "original")
         ax.axhline(100 * dense["top1"], color="gray", ls=":")
         ax.set_title(m)

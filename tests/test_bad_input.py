@@ -81,6 +81,9 @@ CASES = {
     "labels missing for training": (lambda w: np.savez(w / "data" / "digits-train.npz", x=np.zeros((4, 8, 8), np.uint8)),
                                     base(stages='[[stages]]\nkind = "dtp"\nsparsity = 0.5\n'), 2,
                                     ["stages[0]", "has no labels"]),
+    "dtp from a data-reading importance": (lambda w: None, base(stages='[[stages]]\nkind = "dtp"\nsparsity = 0.5\n'
+                                                                'importance = "reconstruction"\n'), 2,
+                                           ["stages[0].importance", "data-free", "'l1'"]),
     "a model whose outputs depend on the images' content": (
         lambda w: (w / "tuplenet.py").write_text(TUPLENET), base(arch="tuplenet:build", ckpt=None),
         2, ["tuplenet:build", "output '1'", "post-NMS detections cannot be exported with static shapes"]),

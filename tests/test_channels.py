@@ -1,5 +1,7 @@
 """Channel groups, pruning and Intra-Fusion: equivalence tests that pin the math."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -188,13 +190,41 @@ def test_sparsity_forms_list_patterns_round_to():
                         progress=False)
 
 
-@pytest.mark.parametrize("importance", ["l2", "bn_scale", "taylor"])
+@pytest.mark.parametrize("importance", ["l2", "bn_scale", "taylor", "reconstruction"])
 def test_importance_kinds(importance):
     model = randomize_bn(build_model("cifar_resnet20"))
     x = torch.randn(8, 3, 32, 32)
     rep = shrink_channels(model, x[:1], "prune", sparsity=0.5, importance=importance,
                           data=(x, torch.randint(0, 10, (8,))), progress=False)
     assert all(r["after"] == _expected(r["before"], 0.5) for r in rep)
+
+
+def test_reconstruction_drops_the_channel_the_others_rebuild():
+    """importance = "reconstruction" cuts a channel its group can rebuild (here a scaled copy of a kept one, and
+    the two largest channels, which l1 keeps both), so a least-squares refit of the consumer recovers the
+    output exactly; l1 cuts the smallest channel instead, which nothing rebuilds (the wrong-on-purpose case)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1)).eval()
+    with torch.no_grad():
+        model[0].weight[0] *= 2.0
+        model[0].weight[2], model[0].bias[2] = 3.0 * model[0].weight[0], 3.0 * model[0].bias[0]  # relu: a copy x3
+        model[0].weight[5] *= 0.05  # the smallest: l1 drops it
+        model[2].weight *= 3.0
+    x = torch.randn(16, 3, 8, 8)
+    inputs = model[1](model[0](x))
+    cut = {}
+    for imp in ("reconstruction", "l1"):
+        m = copy.deepcopy(model)
+        rep = shrink_channels(m, x[:1], "prune", sparsity=1 / 6, importance=imp, data=(x, None), progress=False)
+        cut[imp] = sorted(set(range(6)) - set(rep.chosen["0"].tolist()))
+    assert cut["reconstruction"][0] in (0, 2) and cut["l1"] == [5], cut
+    for imp, want_exact in (("reconstruction", True), ("l1", False)):  # the refit from the kept inputs
+        kept = [c for c in range(6) if c not in cut[imp]]
+        cols = F.unfold(inputs, 3, padding=1).reshape(16, 6, 9, 64)
+        a = cols[:, kept].permute(0, 3, 1, 2).reshape(16 * 64, -1).double()
+        b = model[2](inputs).permute(0, 2, 3, 1).reshape(16 * 64, 4).double() - model[2].bias.double()
+        res = (a @ torch.linalg.lstsq(a, b).solution - b).norm() / b.norm()
+        assert (res < 1e-6) == want_exact, (imp, float(res))
 
 
 def test_bn_scale_after_folding_is_a_clear_error():

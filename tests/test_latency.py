@@ -117,6 +117,29 @@ def test_sensitivity_cuts_what_does_not_matter_where_uniform_cuts_everything_ali
     assert sens_err < 1e-6 < uni_err, (sens_err, uni_err)  # so the output does not move, for the same FLOPs
 
 
+def test_a_retried_target_measures_sensitivity_once(monkeypatch):
+    """A latency target retried on a fresh copy of the model reuses the group errors of the first attempt (the
+    memo), and gives the same allocation; without the memo every attempt measures again."""
+    import copy
+
+    from otcompress.channels import sensitivity
+    from otcompress.channels.shrink import shrink_channels
+
+    calls = []
+    real = sensitivity.group_errors
+    monkeypatch.setattr(sensitivity, "group_errors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    dense = _dead_half()
+    counts = []
+    for memo in ({}, None):
+        shared = memo
+        for _ in range(2):
+            rec = shrink_channels(copy.deepcopy(dense), x[:1], "prune", flops=0.75, allocation="sensitivity", probe=x,
+                                  memo=shared, progress=False)
+            counts.append({r["group"]: r["after"] for r in rec})
+    assert len(calls) == 1 + 2 and all(c == counts[0] for c in counts), (calls, counts)
+
+
 def test_the_sensitivity_proxy_charges_nothing_for_a_channel_the_kept_ones_predict():
     """fill = "regress": a cut channel that copies a kept one reads its prediction, so cutting it costs nothing
     (what repair's refit recovers); "mean" (the default) charges it, "zero" more."""
@@ -180,7 +203,7 @@ def test_a_latency_budget_reports_its_measurements_and_auto_round_to_holds(tmp_p
     shrink = next(s for s in rep["stages"] if s["kind"] == "intrafusion")["details"]
     lat = shrink["latency"]
     assert lat["target"] == 0.7 and lat["threads"] == 1 and lat["batch"] == 64 and lat["dense_ms"] > 0
-    assert 1 <= len(lat["attempts"]) <= 3 and all(0 < a["predicted"] <= 1 + 1e-9 and a["measured"] > 0 for a in lat["attempts"]), lat
+    assert 1 <= len(lat["attempts"]) <= 4 and all(0 < a["predicted"] <= 1 + 1e-9 and a["measured"] > 0 for a in lat["attempts"]), lat
     assert lat["ms"] == pytest.approx(lat["dense_ms"] * lat["measured"])
     assert lat["within_10_percent"] == (abs(lat["miss"]) <= 0.10)
     assert 0 < lat["floor"] < 1 and lat["floor"] <= 0.7 * 1.05  # the floor measured, and below the target met

@@ -36,6 +36,8 @@ def test_quickstart_parses_and_resolves_paths_against_recipe_folder():
      ["model.checkpoint", "missing.safetensors"]),
     (BASE.replace("input_shape = [1, 1, 8, 8]", "input_shape = [1, -1]"), ["model.input_shape"]),
     (BASE + '[[stages]]\nkind = "prune"\nsparsity = 0.1\nimportance = "taylor"\n', ["stages[2]", "taylor", "[data]"]),
+    (BASE + '[[stages]]\nkind = "prune"\nsparsity = 0.1\nimportance = "reconstruction"\n',
+     ["stages[2]", "reconstruction", "calibration images"]),
     (BASE.replace('[model]', '[modle]'), ["modle", "did you mean 'model'"]),
 ])
 def test_bad_recipes_exit_2_and_name_the_key(tmp_path, edit, expect):

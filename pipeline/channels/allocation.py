@@ -100,7 +100,8 @@ def _closest(ratio_of, lo: float, hi: float, target: float, steps: int = 40) -> 
 # An allocation shares a budget among groups: fn(groups, cost, target, count_at, scores, probe) -> counts, where
 # cost.ratio(keeps) is the budget's fraction (FLOPs, or calibrated latency) left at these keep ratios, count_at(g, p)
 # the count group g keeps at sparsity p, scores(g) its channel scores, probe (model, calibration images, proxy: a
-# channels/sensitivity.py FILLS name) or None.
+# channels/sensitivity.py FILLS name, memo: a dict that keeps measurements across calls on the same model, or None)
+# or None.
 
 
 @ALLOCATIONS.register("uniform")
@@ -145,5 +146,11 @@ def sensitivity(groups, cost, target, count_at, scores, probe=None) -> list[int]
     if probe is None:
         raise OTCError("allocation = 'sensitivity' measures each group on calibration images: give [data].calib "
                        "(or [data].train)")
-    model, x, proxy = probe
-    return allocate(groups, cost, target, count_at, group_errors(model, groups, x, scores, fill=proxy))
+    model, x, proxy, memo = probe
+    key = (tuple(g.root for g in groups), proxy)
+    errors = memo.get(key) if memo is not None else None
+    if errors is None:
+        errors = group_errors(model, groups, x, scores, fill=proxy)
+        if memo is not None:
+            memo[key] = errors
+    return allocate(groups, cost, target, count_at, errors)

@@ -58,6 +58,7 @@ class Importance:
 
     name = "importance"
     needs_data = False
+    calibration = False  # True: the data are unlabeled calibration images ([data].calib), not [data].train/eval
 
     def prepare(self, model: torch.nn.Module, data) -> None:
         pass
@@ -134,6 +135,49 @@ class Taylor(Importance):
         if self.grads is None or w not in self.grads:
             return None
         return channel_values(s, (w.detach() * self.grads[w]).abs()).sum(1)
+
+
+@IMPORTANCE.register("reconstruction")
+class Reconstruction(Importance):
+    """The channels the others are best rebuilt from: greedy column-subset selection (pivoted QR, each next
+    channel the one the chosen ones reconstruct worst) on the inputs of every dense layer that reads the group,
+    sampled on calibration images, each channel's column weighted by its weights' norm in that layer. These are
+    the inputs from which a least-squares refit of the consumers (repair's) recovers their outputs best (ThiNet,
+    Luo et al. 2017; CURL). A channel's score is its pivot's residual norm |R_kk| over the group's total, so it
+    falls in the order taken. Groups read only by grouped convolutions or through a flatten are scored by l1."""
+
+    name = "reconstruction"
+    needs_data = True
+    calibration = True  # reads unlabeled calibration images, not labels or gradients
+
+    def prepare(self, model, data):
+        if data is None:
+            raise OTCError("importance = 'reconstruction' reads calibration images: give [data].calib (or [data].train)")
+        from .sensitivity import input_stats
+
+        dense = [m for m in model.modules() if isinstance(m, torch.nn.Linear)
+                 or (isinstance(m, torch.nn.modules.conv._ConvNd) and m.groups == 1)]
+        with torch.no_grad():
+            self.rows = {m: v["rows"] for m, v in input_stats(model, dense, data[0], dtype=torch.float32)[1].items()}
+
+    def __call__(self, g):
+        blocks = []
+        for s in g.slices:
+            if s.role != "in" or s.module not in self.rows or s.index.shape[1] != 1 or bool((s.index < 0).any()):
+                continue
+            weight = channel_values(s, s.module.weight.detach()).double().norm(dim=1)
+            x = self.rows[s.module][:, s.index[:, 0]].double()
+            blocks.append((x - x.mean(0)) * weight)  # centred: the refit's bias absorbs what is constant
+        if not blocks:
+            return L1()(g)
+        import scipy.linalg
+
+        m = torch.cat(blocks).numpy()
+        r, piv = scipy.linalg.qr(m, mode="r", pivoting=True)
+        diag = torch.zeros(g.n, dtype=torch.float64)
+        k = min(r.shape)
+        diag[torch.as_tensor(piv[:k].copy())] = torch.as_tensor(abs(r.diagonal()[:k]).copy())
+        return diag / max(float(torch.linalg.norm(torch.as_tensor(m))), 1e-30)
 
 
 def criterion(name: str) -> Importance:

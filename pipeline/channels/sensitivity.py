@@ -67,20 +67,27 @@ def _fill_regress(y: torch.Tensor, pos: torch.Tensor, stats: dict) -> torch.Tens
 
 def _input_stats(model: nn.Module, groups: list[Group], x: torch.Tensor) -> tuple[dict, dict]:
     """The model's outputs on x, and per consumer layer its input's per-channel mean and sampled rows."""
+    return input_stats(model, list({id(s.module): s.module for g in groups for s in _consumers(g)}.values()), x)
+
+
+def input_stats(model: nn.Module, modules: list[nn.Module], x: torch.Tensor, rows: int = ROWS,
+                dtype=torch.float64) -> tuple[dict, dict]:
+    """The model's outputs on x, and per module of `modules` (conv or linear layers) its input's per-channel
+    mean and `rows` sampled rows per image (fixed positions, seeded): {module: {"mean": (C,), "rows": (R, C)}}."""
     stats, hooks = {}, []
     gen = torch.Generator().manual_seed(0)
-    for s in {id(s.module): s for g in groups for s in _consumers(g)}.values():
-        dim = -1 if isinstance(s.module, nn.Linear) else 1
+    for m in modules:
+        dim = -1 if isinstance(m, nn.Linear) else 1
 
         def hook(mod, inp, dim=dim):
             y = inp[0].detach().movedim(dim % inp[0].dim(), -1)
-            flat = y.reshape(y.shape[0], -1, y.shape[-1]).double()  # (n, L, C)
-            k = min(ROWS, flat.shape[1])
+            flat = y.reshape(y.shape[0], -1, y.shape[-1]).to(dtype)  # (n, L, C)
+            k = min(rows, flat.shape[1])
             pick = torch.stack([torch.randperm(flat.shape[1], generator=gen)[:k] for _ in range(len(flat))])
-            rows = flat.gather(1, pick[:, :, None].expand(-1, -1, flat.shape[-1])).reshape(-1, flat.shape[-1])
-            stats[mod] = {"mean": flat.reshape(-1, flat.shape[-1]).mean(0), "rows": rows}
+            sampled = flat.gather(1, pick[:, :, None].expand(-1, -1, flat.shape[-1])).reshape(-1, flat.shape[-1])
+            stats[mod] = {"mean": flat.reshape(-1, flat.shape[-1]).mean(0), "rows": sampled}
 
-        hooks.append((s.module, hook))
+        hooks.append((m, hook))
     return outputs(model, x, hooks), stats
 
 

@@ -124,7 +124,7 @@ def slots_for(g: Group, targets: torch.Tensor) -> torch.Tensor:
 def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *, sparsity=0.0, round_to=1, exclude=(),
                     scope=None, data=None, flops: float | None = None, allocation: str = DEFAULT_ALLOCATION,
                     unfolded: nn.Module | None = None, progress=True, cost=None, target: float | None = None,
-                    probe=None, proxy: str = FILL, **options) -> "Shrunk":
+                    probe=None, proxy: str = FILL, memo: dict | None = None, **options) -> "Shrunk":
     """Shrink every channel group of `model` in place.
 
     Args:
@@ -135,7 +135,8 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
         cost, target: instead, a cost model (cost.ratio(keeps): e.g. a calibrated latency.LatencyModel, built for
             this model's groups) and the fraction of it to keep. probe: calibration images for allocations
             that measure (sensitivity), run through the model before it is shrunk. proxy: what a cut channel
-            reads when sensitivity measures it (channels/sensitivity.py FILLS).
+            reads when sensitivity measures it (channels/sensitivity.py FILLS). memo: a dict in which the
+            sensitivity measurements are kept for later calls on a copy of the same model (a retried target).
         round_to: kept counts are multiples of it where the group allows.
         exclude: producer-layer patterns left whole. scope: "all" or "internal" (the model's default).
         data: (x, y) for criteria that read data. unfolded: the model before fold_bn, scored instead.
@@ -162,7 +163,7 @@ def shrink_channels(model: nn.Module, example: torch.Tensor, keep: Keep | str, *
         elif callable(cost) and not hasattr(cost, "ratio"):
             cost = cost(groups)  # a cost model built for these groups
         counts = ALLOCATIONS[allocation](groups, cost, target, lambda g, p: keep.count(g, p, round_to), keep.scores,
-                                         probe=(model, probe, proxy) if probe is not None else None)
+                                         probe=(model, probe, proxy, memo) if probe is not None else None)
     else:
         counts = [keep.count(g, p, round_to) for g, p in zip(groups, ratios_for(groups, sparsity))]
     plans = [(g, *keep.plan(g, m)) for g, m in zip(groups, counts) if m < g.n]

@@ -19,6 +19,8 @@ def _patterns(v):
         return "expected a list of layer-name patterns such as [\"layer1.*\"]"
 
 
+PROBE_IMAGES = 128  # calibration images the data-reading allocation and importance measure on
+
 COMMON = {
     "sparsity": Field((float, list, dict), check=check_sparsity,
                       help="a fraction in [0, 1), a per-stage list, or a table of patterns"),
@@ -69,7 +71,9 @@ class Prune(Stage):
         needs = {"model.channels": ""}
         if params["allocation"] == "sensitivity":
             needs["data.calib"] = "allocation = 'sensitivity' measures each group on calibration images"
-        if IMPORTANCE[imp].needs_data:
+        if IMPORTANCE[imp].calibration:
+            needs["data.calib"] = f"importance = {imp!r} reads the layers' inputs on calibration images"
+        elif IMPORTANCE[imp].needs_data:
             needs.update({"data.any": f"importance = {imp!r} reads data", "model.trainable": f"importance = {imp!r} "
                           "takes gradients of a classification loss"})
         return needs
@@ -88,14 +92,16 @@ class Prune(Stage):
         return []
 
     def apply(self, ctx, params):
-        data = None
-        if IMPORTANCE[params["importance"]].needs_data:
+        data, crit = None, IMPORTANCE[params["importance"]]
+        if crit.calibration:  # the same images the sensitivity allocation measures on
+            data = (ctx.calibration(PROBE_IMAGES, 0), None)
+        elif crit.needs_data:
             ds = ctx.dataset("train") or ctx.dataset("eval")
             idx = slice(0, min(len(ds), 256))
             data = (ctx.normalise(ds, idx), ds.y[idx] if ds.y is not None else None)
         keep = STRATEGIES[self.kind](importance=params["importance"], **{k: params[k] for k in self.strategy_keys})
         unfolded = ctx.original if ctx.folded and not ctx.channel_maps else None  # importance before folding
-        probe = ctx.calibration(128, 0) if params["allocation"] == "sensitivity" else None
+        probe = ctx.calibration(PROBE_IMAGES, 0) if params["allocation"] == "sensitivity" else None
         from ..channels.latency import LayerTable, fast_multiple
 
         if params["latency"] is not None or params["round_to"] == "auto":
@@ -118,7 +124,7 @@ class Prune(Stage):
         ctx.record_shrink(groups.maps)
         return {"groups": list(groups), "left_whole": groups.left_whole, "round_to": round_to, **details}
 
-    def to_latency(self, ctx, params, table, shrink, tolerance: float = 0.05, attempts: int = 3):
+    def to_latency(self, ctx, params, table, shrink, tolerance: float = 0.03, attempts: int = 4):
         """Shrink to a measured-latency target: allocate by the calibrated table (channels/latency.py), measure
         the result, and where it misses by more than `tolerance` (relative), allocate again to a corrected target
         from the unshrunk model. The report gives predicted and measured latency for every attempt."""
@@ -133,14 +139,14 @@ class Prune(Stage):
             if key not in models:
                 lm = calibrated(before, ctx.example, groups, table, **opts, exclude=params["exclude"],
                                 scope=params["scope"], round_to=shrink["round_to"])
-                refuse_below_floor(params["latency"], lm, **opts, tolerance=tolerance)
+                refuse_below_floor(params["latency"], lm, **opts)
                 models[key] = lm
             return models[key]
 
-        target, tries, best = params["latency"], [], None
+        target, tries, best, memo = params["latency"], [], None, {}  # memo: sensitivity measured once
         for attempt in range(attempts):
             model = ctx.model if attempt == 0 else copy.deepcopy(before)
-            groups = shrink_channels(model, ctx.example, cost=cost, target=target, **shrink)
+            groups = shrink_channels(model, ctx.example, cost=cost, target=target, memo=memo, **shrink)
             (roots, lm), = models.items()
             keeps = {r["group"]: r["after"] / r["before"] for r in groups}
             predicted = float(lm.ratio([keeps.get(root, 1.0) for root in roots]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..channels.allocation import check_sparsity
+from ..channels.importance import IMPORTANCE
 from ..recipe.schema import Field
 from ..training.finetune import TRAIN_FIELDS, labelled
 from .base import Stage
@@ -39,6 +40,9 @@ class DTP(Stage):
         if sum(params[k] is not None for k in ("sparsity", "flops", "latency")) != 1:
             errs.append("give exactly one of sparsity (per-group keep ratios), flops (fraction of FLOPs to keep) or "
                         "latency (fraction of the measured latency to keep)")
+        if IMPORTANCE[params["importance"]].needs_data:
+            errs.append(("importance", f"dtp starts its masks from data-free scores; {params['importance']!r} reads "
+                                       f"data: use one of {[k for k in IMPORTANCE if not IMPORTANCE[k].needs_data]}"))
         if params["device"] == "cuda" and not torch.cuda.is_available():
             errs.append("device = 'cuda' but CUDA is not available here (use 'auto' or 'cpu')")
         return errs
