@@ -52,7 +52,23 @@ def eval_data(name: str, limit: int | None = None):
     return ds.batch(slice(None), *norm), ds.y
 
 
+def machine() -> dict:
+    """The CPU a result was measured on (INT8 and channel-layout speed depend on its vector extensions)."""
+    info = {"cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    return {**info, "cpu": name, "avx2": "avx2" in flags, "avx512": "avx512f" in flags,
+            "vnni": bool(flags & {"avx512_vnni", "avx_vnni"})}
+
+
 def save(name: str, obj) -> Path:
+    """Write a result to bench/results/NAME, recording the machine it was measured on."""
+    if isinstance(obj, dict):
+        obj = {**obj, "machine": machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     p = RESULTS / name
     p.write_text(json.dumps(obj, indent=2) + "\n")

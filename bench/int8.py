@@ -2,18 +2,22 @@
 (BatchNorm folded) and shrunk (Intra-Fusion to 50% of the FLOPs + repair on 512 unlabeled training images; the
 ViT: ToMe at keep 0.9, ~54% of the FLOPs), each as FP32 ONNX and quantized on the same 512 calibration images
 by: otcompress with its fixed defaults, otcompress `target = "auto"`, onnxruntime's `quantize_static` defaults,
-NNCF's `nncf.quantize` on the ONNX model, and NVIDIA Model Optimizer's ONNX PTQ where it imports. Top-1,
-agreement with the FP32 model, file size, onnxruntime CPU latency at batch 1 and 32 (2 threads, rounds
+NNCF's `nncf.quantize` on the ONNX model, and NVIDIA Model Optimizer's ONNX PTQ (in the interpreter
+OTC_MODELOPT_PYTHON names). Top-1 on the 10,000 test images (the ResNets also on their 932 lossless ones),
+agreement and normalised squared error against the FP32 model, our top-1 minus every other row's on the same
+images with a 95% interval, file size, onnxruntime CPU latency at batch 1 and 32 (2 threads, rounds
 interleaved across all files, median of rounds), calibration seconds. bench/results/int8.json, int8.png and
 the README table.
 
-    .venv/bin/python bench/int8.py [--models resnet56,mobilenetv2] [--every 5] [--rounds 5]
+    .venv/bin/python bench/int8.py [--models resnet56,mobilenetv2] [--every 1] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import publish, MODELS, SHARED, eval_data, interleaved_latency, load
+from common import publish, MODELS, SHARED, eval_data, interleaved_latency, load, need
 
 CALIB = 512
 
@@ -103,10 +107,17 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray) -> tuple[Path, dict]
 
 
 def modelopt_quantize(fp32: Path, out: Path, calib: np.ndarray) -> tuple[Path, dict]:
-    from modelopt.onnx.quantization import quantize
-
-    quantize(str(fp32), quantize_mode="int8", calibration_data={"input": calib}, output_path=str(out),
-             calibration_eps=["cpu"])
+    """In the interpreter OTC_MODELOPT_PYTHON names (bench/modelopt_ptq.py says why)."""
+    py = os.environ.get("OTC_MODELOPT_PYTHON")
+    if not py:
+        raise RuntimeError("OTC_MODELOPT_PYTHON is not set (a Python with nvidia-modelopt[onnx], which pins onnx and "
+                           "onnxruntime releases of its own)")
+    npy = out.with_suffix(".calib.npy")
+    np.save(npy, calib)
+    res = subprocess.run([py, str(Path(__file__).with_name("modelopt_ptq.py")), str(fp32), str(out), str(npy)],
+                         capture_output=True, text=True)
+    if res.returncode != 0 or not out.exists():
+        raise RuntimeError((res.stderr.strip().splitlines() or ["no output"])[-1])
     return out, {}
 
 
@@ -116,34 +127,71 @@ METHODS = {"otcompress (fixed defaults)": lambda f, o, c: ours(f, o, c, "fixed")
            "Model Optimizer ONNX PTQ": modelopt_quantize}
 
 
+def test_sets(name: str, every: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every model on the 10,000 JPEG test images (every k-th), the ResNets also on the 932 lossless ones their
+    checkpoints are meant for (shared/data/README.md): 932 images resolve 0.1 points, too few to rank
+    quantizers that differ by a few images."""
+    from otcompress.data import load_dataset
+
+    norm = MODELS[name][4]
+    ds = load_dataset(need("cifar10/test.npz"))
+    x, y = ds.batch(slice(None), *norm).numpy()[::every], ds.y.numpy()[::every]
+    sets = {"test": (x, y)}
+    if name.startswith("resnet"):
+        xl, yl = eval_data(name)
+        sets["lossless"] = (xl.numpy(), yl.numpy())
+    return sets
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """Top-1 difference a - b (points) on the same images, with its 95% interval (normal approximation of
+    the paired difference: only the images where one is right and the other wrong count)."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    return {"diff": 100 * float(d.mean()), "ci95": 100 * float(half), "a_only": int((d > 0).sum()), "b_only": int((d < 0).sum())}
+
+
+OURS = ("otcompress (fixed defaults)", "otcompress (target = auto)")
+ANCHORS = ("onnxruntime quantize_static defaults", "NNCF nncf.quantize", "Model Optimizer ONNX PTQ")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="resnet56,vgg11_bn_half,mobilenetv2,vit_tiny_p2")
-    ap.add_argument("--every", type=int, default=5, help="evaluate on every k-th test image (ResNets: the lossless 932)")
+    ap.add_argument("--every", type=int, default=1, help="evaluate on every k-th of the 10,000 test images")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--methods", default=",".join(METHODS), help="which quantizers (names as in the table)")
     args = ap.parse_args()
+    methods = {m: METHODS[m] for m in args.methods.split(",")}
     from otcompress.exporters.onnx import export_onnx
 
-    rows = []
+    rows, right = [], {}  # right: row index -> per-image correctness on the test set, for the paired comparisons
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         files = []
         for name in args.models.split(","):
-            x, y = eval_data(name)
-            if not name.startswith("resnet"):
-                x, y = x[::args.every], y[::args.every]
-            x, y = x.numpy(), y.numpy()
+            sets = test_sets(name, args.every)
             calib = calibration(name)
             for variant, model in fp32_models(name, calib).items():
                 fp32 = td / f"{name}-{len(files)}.onnx"
                 export_onnx(model, torch.zeros(1, 3, 32, 32), fp32, dynamic_batch=True)
-                ref = run(fp32, x)
+                ref = {k: run(fp32, x) for k, (x, _) in sets.items()}
                 base = {"model": name, "variant": variant}
-                rows.append({**base, "method": "FP32", "top1": float((ref.argmax(1) == y).mean()), "agreement": 1.0,
-                             "mb": fp32.stat().st_size / 1e6, "seconds": 0.0})
+
+                def scored(path):
+                    got = {k: run(path, x) for k, (x, _) in sets.items()}
+                    right[len(rows)] = got["test"].argmax(1) == sets["test"][1]
+                    out = {"images": len(sets["test"][1]),
+                           "agreement": float((got["test"].argmax(1) == ref["test"].argmax(1)).mean()),
+                           "output_error": float(np.mean((got["test"] - ref["test"]) ** 2) / np.var(ref["test"]))}
+                    for k, (_, y) in sets.items():
+                        out["top1" if k == "test" else f"top1_{k}"] = float((got[k].argmax(1) == y).mean())
+                    return out
+
+                rows.append({**base, "method": "FP32", **scored(fp32), "mb": fp32.stat().st_size / 1e6, "seconds": 0.0})
                 files.append((len(rows) - 1, fp32))
                 print(rows[-1], flush=True)
-                for method, fn in METHODS.items():
+                for method, fn in methods.items():
                     out = td / f"{name}-{len(files)}.int8.onnx"
                     t0 = time.perf_counter()
                     try:
@@ -153,33 +201,43 @@ def main():
                         print(rows[-1], flush=True)
                         continue
                     secs = time.perf_counter() - t0
-                    got = run(path, x)
-                    rows.append({**base, "method": method, "top1": float((got.argmax(1) == y).mean()),
-                                 "agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
-                                 "mb": path.stat().st_size / 1e6, "seconds": secs, **extra})
+                    rows.append({**base, "method": method, **scored(path), "mb": path.stat().st_size / 1e6,
+                                 "seconds": secs, **extra})
                     files.append((len(rows) - 1, path))
                     print(rows[-1], flush=True)
         for (i, _), lat in zip(files, interleaved_latency([p for _, p in files], [1, 3, 32, 32], args.rounds)):
             rows[i].update(lat)
-    for r in rows:
+    for i, r in enumerate(rows):
         fp = next(f for f in rows if f["model"] == r["model"] and f["variant"] == r["variant"] and f["method"] == "FP32")
         if "latency_b1_ms" in r:
             r["speedup_b1"], r["speedup_b32"] = fp["latency_b1_ms"] / r["latency_b1_ms"], fp["latency_b32_ms"] / r["latency_b32_ms"]
-    res = {"rows": rows, "calibration_images": CALIB, "threads": 2}
+        if r["method"] in OURS and i in right:
+            r["vs"] = {a["method"]: paired(right[i], right[j]) for j, a in enumerate(rows)
+                       if a["model"] == r["model"] and a["variant"] == r["variant"] and a["method"] in ANCHORS + ("FP32",)
+                       and j in right}
+    res = {"rows": rows, "calibration_images": CALIB, "threads": 2, "every": args.every}
     publish("int8.json", res, plot, markdown, "int8")
 
 
 def markdown(res: dict) -> str:
-    lines = ["| model | variant | method | top-1 % | agreement | MB | ms b1 | ms b32 | speed b1 / b32 | calib s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | variant | method | top-1 % | top-1 % (932 lossless) | agreement | output error | MB | ms b1 | ms b32 "
+             "| speed b1 / b32 | calib s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['variant']} | {r['method']} | — | — | — | — | — | not run: {r['error']} | — |")
+            lines.append(f"| {r['model']} | {r['variant']} | {r['method']} | — | — | — | — | — | — | — | not run: {r['error']} | — |")
             continue
         sp = f"{r['speedup_b1']:.2f}× / {r['speedup_b32']:.2f}×" if "speedup_b1" in r else "—"
+        lossless = f"{100 * r['top1_lossless']:.1f}" if "top1_lossless" in r else "—"
         lines.append(f"| {r['model']} | {r['variant']} | {r['method']}{' (' + r['settings'] + ')' if r.get('settings') else ''} "
-                     f"| {100 * r['top1']:.1f} | {r['agreement']:.3f} | {r['mb']:.2f} | {r.get('latency_b1_ms', 0):.2f} | "
-                     f"{r.get('latency_b32_ms', 0):.1f} | {sp} | {r['seconds']:.1f} |")
+                     f"| {100 * r['top1']:.2f} | {lossless} | {r['agreement']:.4f} | {r['output_error']:.1e} | {r['mb']:.2f} "
+                     f"| {r.get('latency_b1_ms', 0):.2f} | {r.get('latency_b32_ms', 0):.1f} | {sp} | {r['seconds']:.1f} |")
+    lines += ["", "Top-1 differences on the same test images, ours minus each other row, with their 95% intervals (paired):", "",
+              "| model | variant | ours | vs FP32 | vs onnxruntime defaults | vs NNCF | vs Model Optimizer |", "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        if "vs" not in r:
+            continue
+        cells = [(f"{v['diff']:+.2f} ± {v['ci95']:.2f}" if (v := r["vs"].get(m)) else "—") for m in ("FP32",) + ANCHORS]
+        lines.append(f"| {r['model']} | {r['variant']} | {r['method'].split('(')[1].rstrip(')')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

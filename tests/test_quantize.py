@@ -148,6 +148,21 @@ def test_the_fallback_returns_the_sensitive_layer_to_float(tmp_path):
     assert any("fallback" in f["why"] and f["module"] == "conv4" for f in q["float"]), q["float"]
 
 
+def test_auto_takes_the_most_faithful_of_the_level_fastest_that_agree():
+    from otcompress.quantize.search import SPEED_BAND, pick
+
+    def row(agreement, error, speed):
+        return {"agreement": agreement, "output_error": error, "speedup_vs_fp32": speed}
+
+    level = 1.8 * (1 - SPEED_BAND / 2)  # within the band of the fastest: timing cannot rank it below
+    rows = [row(0.99, 3e-3, 1.8), row(1.0, 1e-3, level), row(0.97, 1e-4, 2.5)]  # the last does not agree
+    assert pick(rows, 0.98) == 1
+    rows[1]["speedup_vs_fp32"] = 1.8 * (1 - 2 * SPEED_BAND)  # clearly slower: speed decides
+    assert pick(rows, 0.98) == 0
+    assert pick([row(0.9, 1e-2, 2.0), row(0.95, 2e-2, 1.0), row(0.95, 1e-2, 1.0)], 0.98) == 2  # none agrees: closest
+    assert pick([row(1.0, 2e-3, None), row(1.0, 1e-3, None)], 0.98) == 1  # speed not measured: error decides
+
+
 def test_an_int8_model_that_cannot_agree_is_refused_with_what_to_do(tmp_path):
     p = _recipe(tmp_path, extra='target = "fixed"\nper_channel = false\nmin_agreement = 0.995\nmax_float = 0')
     _outlier(tmp_path)

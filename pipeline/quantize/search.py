@@ -1,7 +1,9 @@
 """Which quantization to ship: for `target = "auto"`, every candidate setting is quantized (the calibration
 ranges computed once per method), scored on held-out calibration images against the FP32 model (the task's
 agreement: top-1 agreement for classifiers, mAP against the FP32 detections for detectors, pixel agreement for
-segmenters) and timed on this machine's onnxruntime; the fastest one that agrees is taken. Where none agrees,
+segmenters) and timed on this machine's onnxruntime; of those that agree, the ones within `SPEED_BAND` of the
+fastest are level (a shared CPU's timing cannot rank them) and the one closest to the FP32 outputs among them
+is taken. Where none agrees,
 the automatic fallback ranks the quantized layers by measured sensitivity (how much the output error falls
 when that layer alone stays in float) and returns the most sensitive to float, one at a time, until the INT8
 model agrees or `max_float` layers are float; what stayed float and why is recorded."""
@@ -22,13 +24,16 @@ from .build import Quantized, quantize_model
 from .settings import DEFAULTS, Settings, Target, candidates
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+SPEED_BAND = 0.05  # speeds closer than this to the fastest candidate's are timing noise on a shared CPU
 
 
-def run(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+def run(path: Path, x: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """The model's outputs on x, on onnxruntime CPU, `batch` images at a time (a dynamic-batch model given
+    thousands at once holds every activation of all of them)."""
     from otcompress.exporters.onnxruntime import OrtRunner
 
     with OrtRunner(path, providers=["CPUExecutionProvider"]) as r:
-        return r.infer_batched(x)
+        return r.infer_batched(x, batch=batch)
 
 
 def latency(path: Path, shape, threads: int | None = None, runs: int = 15) -> dict[str, float]:
@@ -79,21 +84,20 @@ def choose(fp32: Path, work: Path, calib: np.ndarray, held: np.ndarray, given: S
     want = run(fp32, held)
     shape = [1, *calib.shape[1:]]
     base = latency(fp32, shape) if target.measure else None
-    rows, best = [], None
+    rows, built = [], []
     for i, s in enumerate(candidates(target, given)):
         q = quantize_model(fp32, work / f"candidate{i}.onnx", calib, s, float_nodes, cache, bias_correction)
-        a = float(score(want, run(q.path, held)))
+        got = run(q.path, held)
+        a, err = float(score(want, got)), _error(want, got)
         lat = latency(q.path, shape) if target.measure else None
         speed = (statistics.geometric_mean([base[k] / lat[k] for k in lat]) if lat else None)
-        rows.append({"settings": s.as_dict(), "label": s.label, "agreement": a, "latency_ms": lat,
+        rows.append({"settings": s.as_dict(), "label": s.label, "agreement": a, "output_error": err, "latency_ms": lat,
                      "speedup_vs_fp32": speed, "seconds": round(q.seconds, 2)})
-        progress(f"  {s.label:<36} agreement {a:.4f}" + (f"  {speed:.2f}x FP32 speed" if speed else ""))
-        ok = a >= min_agreement
-        # among those that agree the fastest; where none does, the closest, which the fallback starts from
-        key = (ok, speed if speed is not None else 0.0, a) if ok else (ok, a, speed if speed is not None else 0.0)
-        if best is None or key > best[0]:
-            best = (key, q, a)
-    (ok, _, _), q, a = best
+        built.append(q)
+        progress(f"  {s.label:<36} agreement {a:.4f}  error {err:.2e}" + (f"  {speed:.2f}x FP32 speed" if speed else ""))
+    i = pick(rows, min_agreement)
+    q, a = built[i], rows[i]["agreement"]
+    ok = a >= min_agreement
     if base is not None:
         for r in rows:
             r["fp32_latency_ms"] = base
@@ -105,6 +109,25 @@ def choose(fp32: Path, work: Path, calib: np.ndarray, held: np.ndarray, given: S
     shutil.copyfile(q.path, final)
     q.path = final
     return Choice(q, a, rows, steps)
+
+
+def pick(rows: list[dict], min_agreement: float, band: float = SPEED_BAND) -> int:
+    """Index of the candidate to ship (see the module docstring).
+
+    Args:
+        rows: per candidate "agreement", "output_error" and "speedup_vs_fp32" (None where speed is not measured).
+        band: speeds within this fraction of the fastest agreeing candidate's count as level.
+
+    Returns the lowest-error candidate among the level-fastest that agree; where none agrees, the one with the
+    highest agreement (then the lowest error), which the fallback starts from.
+    """
+    ok = [i for i, r in enumerate(rows) if r["agreement"] >= min_agreement]
+    if not ok:
+        return max(range(len(rows)), key=lambda i: (rows[i]["agreement"], -rows[i]["output_error"]))
+    speed = {i: rows[i]["speedup_vs_fp32"] or 0.0 for i in ok}
+    top = max(speed.values())
+    level = [i for i in ok if speed[i] >= top * (1 - band)]
+    return min(level, key=lambda i: (rows[i]["output_error"], -speed[i]))
 
 
 def _fallback(fp32, work, calib, held, q: Quantized, agreement, want, score, min_agreement, max_float, cache, progress,
