@@ -95,12 +95,12 @@ def interleaved_latency(files: list[Path], shape: list[int], rounds: int = 5, ru
     a shared machine's drift hits every file alike."""
     import statistics
 
-    from otcompress.quantize.search import latency
+    from otcompress.quantize.search import latencies
 
     lat = [[] for _ in files]
     for _ in range(rounds):
-        for i, path in enumerate(files):
-            lat[i].append(latency(path, shape, threads=threads, runs=runs))
+        for i, path in enumerate(files):  # one session at a time: dozens of files need not all be held open
+            lat[i].append(latencies([path], shape, threads=threads, rounds=1, runs=runs)[0])
     return [{"latency_b1_ms": statistics.median(r["b1"] for r in ls), "latency_b32_ms": statistics.median(r["b32"] for r in ls)}
             for ls in lat]
 

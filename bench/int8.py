@@ -9,14 +9,20 @@ images with a 95% interval, file size, onnxruntime CPU latency at batch 1 and 32
 interleaved across all files, median of rounds), calibration seconds. bench/results/int8.json, int8.png and
 the README table.
 
-    .venv/bin/python bench/int8.py [--models resnet56,mobilenetv2] [--every 1] [--rounds 5]
+    .venv/bin/python bench/int8.py [--models resnet56,mobilenetv2] [--every 1] [--rounds 5] [--work DIR]
+
+With --work, every exported and quantized file and every row's scores are kept there and reused by a rerun (a run
+that was cut short resumes where it stopped; the latency of every file is measured again, interleaved).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -38,6 +44,9 @@ def calibration(name: str) -> np.ndarray:
     return ds.batch(slice(None), *norm).numpy()
 
 
+VARIANTS = {"cnn": ("dense", "shrunk (Intra-Fusion 50% FLOPs + repair)"), "vit": ("dense", "shrunk (ToMe keep 0.9)")}
+
+
 def fp32_models(name: str, calib: np.ndarray) -> dict[str, torch.nn.Module]:
     import otcompress
     from otcompress.channels.fold_bn import fold_batchnorm
@@ -49,14 +58,14 @@ def fp32_models(name: str, calib: np.ndarray) -> dict[str, torch.nn.Module]:
 
         small = copy.deepcopy(model)
         apply_token_reduction(small, {"method": "tome", "keep": 0.9})
-        return {"dense": model, "shrunk (ToMe keep 0.9)": small.eval()}
+        return dict(zip(VARIANTS["vit"], (model, small.eval())))
     dense = copy.deepcopy(model)
     fold_batchnorm(dense, torch.zeros(1, 3, 32, 32))
     data = {"calib": str(SHARED / "cifar10" / "train-imagefolder.tar.gz"), "mean": norm[0], "std": norm[1]}
     small, _ = otcompress.compress(model, [1, 3, 32, 32], [{"kind": "fold_bn"}, {"kind": "intrafusion", "flops": 0.5},
                                                            {"kind": "repair", "samples": CALIB}], data=data, source=arch,
                                    args=args)
-    return {"dense": dense.eval(), "shrunk (Intra-Fusion 50% FLOPs + repair)": small.eval()}
+    return dict(zip(VARIANTS["cnn"], (dense.eval(), small.eval())))
 
 
 def run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -161,49 +170,65 @@ def main():
     ap.add_argument("--every", type=int, default=1, help="evaluate on every k-th of the 10,000 test images")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--methods", default=",".join(METHODS), help="which quantizers (names as in the table)")
+    ap.add_argument("--work", help="keep every file and score here, and reuse them (resume a run cut short)")
     args = ap.parse_args()
     methods = {m: METHODS[m] for m in args.methods.split(",")}
     from otcompress.exporters.onnx import export_onnx
 
     rows, right = [], {}  # right: row index -> per-image correctness on the test set, for the paired comparisons
-    with tempfile.TemporaryDirectory() as td:
-        td = Path(td)
+    with contextlib.ExitStack() as stack:
+        td = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        td.mkdir(parents=True, exist_ok=True)
         files = []
         for name in args.models.split(","):
             sets = test_sets(name, args.every)
             calib = calibration(name)
-            for variant, model in fp32_models(name, calib).items():
-                fp32 = td / f"{name}-{len(files)}.onnx"
-                export_onnx(model, torch.zeros(1, 3, 32, 32), fp32, dynamic_batch=True)
-                ref = {k: run(fp32, x) for k, (x, _) in sets.items()}
-                base = {"model": name, "variant": variant}
+            variants = VARIANTS["vit" if name.startswith("vit") else "cnn"]
+            models = None
+            for v, variant in enumerate(variants):
+                fp32 = td / f"{name}-{v}.onnx"
+                if not fp32.exists():
+                    models = models or fp32_models(name, calib)
+                    export_onnx(models[variant], torch.zeros(1, 3, 32, 32), fp32, dynamic_batch=True)
+                base, ref = {"model": name, "variant": variant}, {}
 
                 def scored(path):
+                    ref.update(ref or {k: run(fp32, x) for k, (x, _) in sets.items()})
                     got = {k: run(path, x) for k, (x, _) in sets.items()}
-                    right[len(rows)] = got["test"].argmax(1) == sets["test"][1]
                     out = {"images": len(sets["test"][1]),
                            "agreement": float((got["test"].argmax(1) == ref["test"].argmax(1)).mean()),
                            "output_error": float(np.mean((got["test"] - ref["test"]) ** 2) / np.var(ref["test"]))}
                     for k, (_, y) in sets.items():
                         out["top1" if k == "test" else f"top1_{k}"] = float((got[k].argmax(1) == y).mean())
-                    return out
+                    return out, got["test"].argmax(1) == sets["test"][1]
 
-                rows.append({**base, "method": "FP32", **scored(fp32), "mb": fp32.stat().st_size / 1e6, "seconds": 0.0})
-                files.append((len(rows) - 1, fp32))
-                print(rows[-1], flush=True)
-                for method, fn in methods.items():
-                    out = td / f"{name}-{len(files)}.int8.onnx"
-                    t0 = time.perf_counter()
-                    try:
-                        path, extra = fn(fp32, out, calib)
-                    except Exception as e:  # a tool that does not run here: said so in the table
-                        rows.append({**base, "method": method, "error": f"{type(e).__name__}: {str(e)[:120]}"})
-                        print(rows[-1], flush=True)
-                        continue
-                    secs = time.perf_counter() - t0
-                    rows.append({**base, "method": method, **scored(path), "mb": path.stat().st_size / 1e6,
-                                 "seconds": secs, **extra})
-                    files.append((len(rows) - 1, path))
+                for method in ["FP32", *methods]:
+                    slug = re.sub(r"\W+", "_", method).strip("_")
+                    key = td / f"{name}-{v}-{slug}.{args.every}"
+                    out = fp32 if method == "FP32" else td / f"{name}-{v}-{slug}.int8.onnx"
+                    if key.with_suffix(key.suffix + ".json").exists():  # scored by an earlier run with --work
+                        row = json.loads(key.with_suffix(key.suffix + ".json").read_text())
+                        ok = np.load(key.with_suffix(key.suffix + ".npy"))
+                    elif method == "FP32":
+                        sc, ok = scored(fp32)
+                        row = {**base, "method": method, **sc, "mb": fp32.stat().st_size / 1e6, "seconds": 0.0}
+                    else:
+                        t0 = time.perf_counter()
+                        try:
+                            path, extra = methods[method](fp32, out, calib)
+                        except Exception as e:  # a tool that does not run here: said so in the table
+                            rows.append({**base, "method": method, "error": f"{type(e).__name__}: {str(e)[:120]}"})
+                            print(rows[-1], flush=True)
+                            continue
+                        secs = time.perf_counter() - t0
+                        sc, ok = scored(path)
+                        row = {**base, "method": method, **sc, "mb": path.stat().st_size / 1e6, "seconds": secs, **extra}
+                    if args.work:
+                        key.with_suffix(key.suffix + ".json").write_text(json.dumps(row))
+                        np.save(key.with_suffix(key.suffix + ".npy"), ok)
+                    right[len(rows)] = ok
+                    rows.append(row)
+                    files.append((len(rows) - 1, out))
                     print(rows[-1], flush=True)
         for (i, _), lat in zip(files, interleaved_latency([p for _, p in files], [1, 3, 32, 32], args.rounds)):
             rows[i].update(lat)

@@ -65,6 +65,9 @@ def render_markdown(report: dict) -> str:
     if q:
         out += ["", "## Quantization", "", f"settings: `{q.get('settings')}`", ""]
         out += [f"- kept in float: `{f['node']}` ({f['why']})" for f in q.get("float", [])] or ["- every quantizable op is INT8"]
+        if len(q.get("candidates", [])) > 1:
+            out += ["", "| candidate | agreement | output error | speed vs FP32 |", "|---|---|---|---|"]
+            out += [_candidate_row(c, c["settings"] == q.get("settings")) for c in q["candidates"]]
     v = report["validation"]
     out += ["", "## Validation", "", f"**{verdict_word(v)}**", ""]
     for c in v.get("checks", []):
@@ -73,3 +76,10 @@ def render_markdown(report: dict) -> str:
                    + (f", allowed atol {c['atol']} / rtol {c['rtol']}" if "atol" in c else f", allowed {c.get('allowed')}"))
     out += ["", "## Files", ""] + [f"- `{k}` sha256 `{v}`" for k, v in report["files"].items()]
     return "\n".join(out) + "\n"
+
+
+def _candidate_row(c: dict, chosen: bool) -> str:
+    """One `target = "auto"` candidate: scored, or why it was not."""
+    scored = f"{c['agreement']:.4f} | {c['output_error']:.2e}" if c["agreement"] is not None else f"— | {c.get('skipped', '—')}"
+    speed = f"{c['speedup_vs_fp32']:.2f}×" if c.get("speedup_vs_fp32") else "—"
+    return f"| {c['label']}{' (chosen)' if chosen else ''} | {scored} | {speed} |"

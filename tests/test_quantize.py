@@ -48,6 +48,16 @@ def test_quantize_stage_writes_a_validated_int8_model_and_its_plan(int8_run):
     q = rep["quantization"]
     assert len(q["candidates"]) == 8 and q["settings"] in [c["settings"] for c in q["candidates"]]
     assert all(c["speedup_vs_fp32"] > 0 for c in q["candidates"])  # target auto measured every candidate
+    from otcompress.quantize.search import pick
+
+    chosen = pick(q["candidates"], q["min_agreement"])
+    assert q["candidates"][chosen]["settings"] == q["settings"]
+    for c in q["candidates"]:  # one left unscored could not have won with any score: the same choice as scoring all
+        if c["agreement"] is None:
+            assert c["skipped"]
+            assert pick([{**d, "agreement": 1.0, "output_error": 0.0} if d is c else d for d in q["candidates"]],
+                        q["min_agreement"]) == chosen
+    assert "| candidate | agreement |" in (int8_run / "report.md").read_text()
     assert "model.int8.onnx" in rep["files"] and "quantization.json" in rep["files"]
     ops = {n.op_type for n in onnx.load(str(int8_run / "model.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -161,6 +171,7 @@ def test_auto_takes_the_most_faithful_of_the_level_fastest_that_agree():
     assert pick(rows, 0.98) == 0
     assert pick([row(0.9, 1e-2, 2.0), row(0.95, 2e-2, 1.0), row(0.95, 1e-2, 1.0)], 0.98) == 2  # none agrees: closest
     assert pick([row(1.0, 2e-3, None), row(1.0, 1e-3, None)], 0.98) == 1  # speed not measured: error decides
+    assert pick([row(None, None, 2.0), row(0.99, 1e-3, 1.0)], 0.98) == 1  # a candidate left unscored is never taken
 
 
 def test_an_int8_model_that_cannot_agree_is_refused_with_what_to_do(tmp_path):

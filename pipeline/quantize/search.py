@@ -3,7 +3,9 @@ ranges computed once per method), scored on held-out calibration images against 
 agreement: top-1 agreement for classifiers, mAP against the FP32 detections for detectors, pixel agreement for
 segmenters) and timed on this machine's onnxruntime; of those that agree, the ones within `SPEED_BAND` of the
 fastest are level (a shared CPU's timing cannot rank them) and the one closest to the FP32 outputs among them
-is taken. Where none agrees,
+is taken. Speed does not depend on the bias values, so candidates are timed uncorrected first and then corrected
+and scored fastest first, stopping where the rest are slower than the band of the fastest that agrees: the same
+choice as scoring all, at the cost of the few that can win. Where none agrees,
 the automatic fallback ranks the quantized layers by measured sensitivity (how much the output error falls
 when that layer alone stays in float) and returns the most sensitive to float, one at a time, until the INT8
 model agrees or `max_float` layers are float; what stayed float and why is recorded."""
@@ -36,24 +38,30 @@ def run(path: Path, x: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
         return r.infer_batched(x, batch=batch)
 
 
-def latency(path: Path, shape, threads: int | None = None, runs: int = 15) -> dict[str, float]:
-    """Median onnxruntime CPU latency (ms) at batch 1 and at the model's batch or 32 (a static-batch model: its own)."""
+def latencies(paths: list[Path], shape, threads: int | None = None, rounds: int = 3, runs: int = 5) -> list[dict[str, float]]:
+    """Median onnxruntime CPU latency (ms) of each model at batch 1 and 32 (a static-batch model: its own), the
+    models timed in turn, `rounds` times over: a slow spell of a shared CPU falls on all of them alike instead of
+    on whichever was being timed."""
+    from contextlib import ExitStack
+
     from otcompress.exporters.onnxruntime import OrtRunner
 
-    out = {}
-    with OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads) as r:
-        batches = [r.batch] if r.batch else [1, 32]
-        for b in batches:
-            x = np.random.default_rng(0).standard_normal((b, *shape[1:])).astype(np.float32)
-            for _ in range(3):
-                r.infer(x)
-            ts = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                r.infer(x)
-                ts.append(time.perf_counter() - t0)
-            out[f"b{b}"] = 1e3 * statistics.median(ts)
-    return out
+    with ExitStack() as stack:
+        runners = [stack.enter_context(OrtRunner(p, providers=["CPUExecutionProvider"], threads=threads)) for p in paths]
+        inputs = [{b: np.random.default_rng(0).standard_normal((b, *shape[1:])).astype(np.float32)
+                   for b in ([r.batch] if r.batch else [1, 32])} for r in runners]
+        times = [{b: [] for b in x} for x in inputs]
+        for r, x in zip(runners, inputs):  # warm-up
+            for v in x.values():
+                r.infer(v)
+        for _ in range(rounds):
+            for r, x, t in zip(runners, inputs, times):
+                for b, v in x.items():
+                    for _ in range(runs):
+                        t0 = time.perf_counter()
+                        r.infer(v)
+                        t[b].append(time.perf_counter() - t0)
+    return [{f"b{b}": 1e3 * statistics.median(ts) for b, ts in t.items()} for t in times]
 
 
 @dataclass
@@ -83,24 +91,38 @@ def choose(fp32: Path, work: Path, calib: np.ndarray, held: np.ndarray, given: S
     cache = work / "ranges"
     want = run(fp32, held)
     shape = [1, *calib.shape[1:]]
-    base = latency(fp32, shape) if target.measure else None
-    rows, built = [], []
-    for i, s in enumerate(candidates(target, given)):
-        q = quantize_model(fp32, work / f"candidate{i}.onnx", calib, s, float_nodes, cache, bias_correction)
+    settings = candidates(target, given)
+    rows: list[dict] = [{"settings": s.as_dict(), "label": s.label, "agreement": None, "output_error": None,
+                         "latency_ms": None, "speedup_vs_fp32": None, "seconds": 0.0} for s in settings]
+    drafts: dict[int, Quantized] = {}
+    if target.measure:  # timed uncorrected (the biases' values do not change the speed), with FP32, interleaved
+        for i, s in enumerate(settings):
+            drafts[i] = quantize_model(fp32, work / f"candidate{i}.onnx", calib, s, float_nodes, cache, False)
+        base, *lats = latencies([fp32] + [drafts[i].path for i in range(len(settings))], shape)
+        for i, lat in enumerate(lats):
+            rows[i].update(latency_ms=lat, fp32_latency_ms=base, seconds=round(drafts[i].seconds, 2),
+                           speedup_vs_fp32=statistics.geometric_mean([base[k] / lat[k] for k in lat]))
+    built: dict[int, Quantized] = {}
+    for i in sorted(range(len(settings)), key=lambda i: -(rows[i]["speedup_vs_fp32"] or 0.0)):
+        top = next((rows[j]["speedup_vs_fp32"] for j in built if rows[j]["agreement"] >= min_agreement), None)
+        if top is not None and rows[i]["speedup_vs_fp32"] < top * (1 - SPEED_BAND):
+            rows[i]["skipped"] = "slower than the band of the fastest candidate that agrees: cannot be chosen"
+            progress(f"  {settings[i].label:<36} not scored: {rows[i]['skipped']}")
+            continue
+        if i in drafts and not bias_correction:
+            q, extra = drafts[i], 0.0
+        else:
+            q = quantize_model(fp32, work / f"candidate{i}.onnx", calib, settings[i], float_nodes, cache, bias_correction)
+            extra = q.seconds
         got = run(q.path, held)
         a, err = float(score(want, got)), _error(want, got)
-        lat = latency(q.path, shape) if target.measure else None
-        speed = (statistics.geometric_mean([base[k] / lat[k] for k in lat]) if lat else None)
-        rows.append({"settings": s.as_dict(), "label": s.label, "agreement": a, "output_error": err, "latency_ms": lat,
-                     "speedup_vs_fp32": speed, "seconds": round(q.seconds, 2)})
-        built.append(q)
-        progress(f"  {s.label:<36} agreement {a:.4f}  error {err:.2e}" + (f"  {speed:.2f}x FP32 speed" if speed else ""))
+        rows[i].update(agreement=a, output_error=err, seconds=round(rows[i]["seconds"] + extra, 2))
+        built[i] = q
+        speed = rows[i]["speedup_vs_fp32"]
+        progress(f"  {settings[i].label:<36} agreement {a:.4f}  error {err:.2e}" + (f"  {speed:.2f}x FP32 speed" if speed else ""))
     i = pick(rows, min_agreement)
     q, a = built[i], rows[i]["agreement"]
     ok = a >= min_agreement
-    if base is not None:
-        for r in rows:
-            r["fp32_latency_ms"] = base
     steps = []
     if not ok and fallback:
         q, a, steps = _fallback(fp32, work, calib, held, q, a, want, score, min_agreement, max_float, cache, progress,
@@ -115,15 +137,17 @@ def pick(rows: list[dict], min_agreement: float, band: float = SPEED_BAND) -> in
     """Index of the candidate to ship (see the module docstring).
 
     Args:
-        rows: per candidate "agreement", "output_error" and "speedup_vs_fp32" (None where speed is not measured).
+        rows: per candidate "agreement", "output_error" (None where it was not scored) and "speedup_vs_fp32" (None
+            where speed is not measured).
         band: speeds within this fraction of the fastest agreeing candidate's count as level.
 
     Returns the lowest-error candidate among the level-fastest that agree; where none agrees, the one with the
     highest agreement (then the lowest error), which the fallback starts from.
     """
-    ok = [i for i, r in enumerate(rows) if r["agreement"] >= min_agreement]
+    scored = [i for i, r in enumerate(rows) if r["agreement"] is not None]
+    ok = [i for i in scored if rows[i]["agreement"] >= min_agreement]
     if not ok:
-        return max(range(len(rows)), key=lambda i: (rows[i]["agreement"], -rows[i]["output_error"]))
+        return max(scored, key=lambda i: (rows[i]["agreement"], -rows[i]["output_error"]))
     speed = {i: rows[i]["speedup_vs_fp32"] or 0.0 for i in ok}
     top = max(speed.values())
     level = [i for i in ok if speed[i] >= top * (1 - band)]
