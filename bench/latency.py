@@ -117,7 +117,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch", type=int, choices=(1, 32), default=1, help="the batch the latency target is at")
     ap.add_argument("--out", default="latency", help="results name (bench/results/NAME.json) and README marker")
+    ap.add_argument("--variants", default=";".join(",".join(v) for v in VARIANTS),
+                    help="our methods on the CIFAR checkpoints, ';'-separated 'stage,allocation,importance'")
+    ap.add_argument("--compare-at", default=None, help="measured latencies at which every method's top-1 is "
+                    "interpolated along its own points (default: the targets)")
+    ap.add_argument("--no-anchor", action="store_true", help="leave out Torch-Pruning")
     args = ap.parse_args()
+    variants_cifar = [tuple(v.split(",")) for v in args.variants.split(";")]
     import otcompress
     from otcompress.channels.latency import measure_model, measure_models
     from otcompress.errors import OTCError
@@ -145,7 +151,7 @@ def main():
             add("original", model, flops_target=None)
             dense_ms = None
             for target in [float(t) for t in args.targets.split(",")]:
-                variants = VARIANTS if name in MODELS else [("prune", "uniform", "l1")]
+                variants = variants_cifar if name in MODELS else [("prune", "uniform", "l1")]
                 for channel, allocation, importance in variants:
                     stages = [{"kind": "fold_bn"}, {"kind": channel, "latency": target, "allocation": allocation,
                                                     "importance": importance, "round_to": 8, "latency_batch": args.batch}]
@@ -168,7 +174,7 @@ def main():
                         stage_measured=lat["measured"], attempts=len(lat["attempts"]),
                         round_to=next(s for s in rep["stages"] if s["kind"] == channel)["details"]["round_to"],
                         seconds=time.perf_counter() - t0)
-                if name in MODELS:
+                if name in MODELS and not args.no_anchor:
                     t0 = time.perf_counter()
                     method = "Torch-Pruning MagnitudePruner (L1, round_to 8)"
                     dense_ms = dense_ms or measure_model(model, torch.zeros(shape), batch=args.batch)
@@ -207,8 +213,9 @@ def main():
         r["speedup_over_flop_reduction"] = r["speedup"] * r["flops"]
         if r["target"]:
             r["within_10_percent"] = abs(r["latency"] / r["target"] - 1) <= 0.10
+    compare = [float(t) for t in (args.compare_at or args.targets).split(",")]
     res = {"rows": rows, "threads": 2, "batch": args.batch, "calibration_images": CALIB, "rounds": args.rounds,
-           "limit": args.limit}
+           "limit": args.limit, "equal_latency": equal_latency(rows, compare)}
     publish(f"{args.out}.json", res, plot, markdown, args.out)
 
 
@@ -230,7 +237,60 @@ def markdown(res: dict) -> str:
         f"\n\n(onnxruntime CPU, 2 threads, latency targets at batch {res['batch']}; measured latency: every model "
         "exported at that batch as the stage measures it and timed again at the end, every model of a checkpoint once "
         "per round, median of rounds; ms columns: dynamic-batch exports; speedup at the target's batch; " + (f"top-1 on {res.get('limit', 1000)} CIFAR-10 test images.)" if scored
-                                                 else "random weights: latency only.)"))
+                                                 else "random weights: latency only.)")) + equal_latency_md(res)
+
+
+def interpolate(points: list[tuple[float, float]], at: float) -> float | None:
+    """top-1 at measured latency `at` along a method's own (latency, top-1) points, linear between the two that
+    bracket it; None outside their range (no extrapolation)."""
+    pts = sorted(points)
+    for (l0, a0), (l1, a1) in zip(pts, pts[1:]):
+        if l0 <= at <= l1:
+            return a0 if l1 == l0 else a0 + (a1 - a0) * (at - l0) / (l1 - l0)
+    return next((a for lat, a in pts if abs(lat - at) < 1e-9), None)
+
+
+def equal_latency(rows: list[dict], compare: list[float]) -> list[dict]:
+    """Every scored method's top-1 at the same measured latencies: each run lands near its target, not on it
+    (measurement noise moves a landing by a few percent, and on the small CIFAR nets that is several points of
+    FLOPs and of top-1), so methods are compared along their own curves through the points they landed on."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rs = [r for r in rows if r["model"] == model and r.get("target") and r.get("top1") is not None and "error" not in r]
+        for at in compare:
+            got = {}
+            for method in dict.fromkeys(r["method"] for r in rs):
+                v = interpolate([(r["latency"], r["top1"]) for r in rs if r["method"] == method], at)
+                if v is not None:
+                    got[method] = v
+            if got:
+                out.append({"model": model, "latency": at, "top1": got})
+    return out
+
+
+def equal_latency_md(res: dict) -> str:
+    eq = res.get("equal_latency") or []
+    if not eq:
+        return ""
+    methods = list(dict.fromkeys(m for e in eq for m in e["top1"]))
+    lines = ["", "", "Top-1 % at the same measured latency, along each method's own points (— where its points do not "
+             "bracket that latency):", "", "| model | measured latency | " + " | ".join(methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for e in eq:
+        cells = [f"{100 * e['top1'][m]:.2f}" if m in e["top1"] else "—" for m in methods]
+        lines.append(f"| {e['model']} | {e['latency']:.2f} | " + " | ".join(cells) + " |")
+    verdicts = []
+    for e in eq:
+        t = e["top1"]
+        alloc = {a: t.get(f"prune, {a} + repair") for a in ("uniform", "global", "sensitivity")}
+        if None in alloc.values():
+            continue
+        line = f"{e['model']} at {e['latency']:.2f}: best allocation {max(alloc, key=lambda a: alloc[a])}"
+        fused = t.get("intrafusion, sensitivity + repair")
+        if fused is not None:
+            line += f"; Intra-Fusion {'beats' if fused > alloc['sensitivity'] else 'does not beat'} prune"
+        verdicts.append(line)
+    return "\n".join(lines) + (("\n\n" + "; ".join(verdicts) + ".") if verdicts else "")
 
 
 def wins(rows: list[dict]) -> str:
