@@ -51,9 +51,10 @@ def latencies(paths: list[Path], shape, threads: int | None = None, rounds: int 
         inputs = [{b: np.random.default_rng(0).standard_normal((b, *shape[1:])).astype(np.float32)
                    for b in ([r.batch] if r.batch else [1, 32])} for r in runners]
         times = [{b: [] for b in x} for x in inputs]
-        for r, x in zip(runners, inputs):  # warm-up
+        for r, x in zip(runners, inputs):  # warm-up: a session's first runs allocate and reorder weights
             for v in x.values():
-                r.infer(v)
+                for _ in range(3):
+                    r.infer(v)
         for _ in range(rounds):
             for r, x, t in zip(runners, inputs, times):
                 for b, v in x.items():
