@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -88,6 +89,26 @@ def publish(name: str, res: dict, plot, markdown, marker: str | None) -> Path:
         fill(marker, md, required=False)
     print(md)
     return path
+
+
+@contextlib.contextmanager
+def figure(path: Path, xlabel: str, ylabel: str, size: tuple = (6.5, 4)):
+    """An axes to draw on (headless matplotlib), labelled, given a legend and saved to `path` when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def interleaved_latency(files: list[Path], shape: list[int], rounds: int = 5, runs: int = 10, threads: int = 2) -> list[dict]:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from canvas import CACHE, SIZE, sets
-from common import publish, SHARED, interleaved_latency
+from common import figure, publish, SHARED, interleaved_latency
 
 # (channel stage, allocation, repair): data-free, repaired, and allocated by measured sensitivity then repaired
 VARIANTS = [("prune", "uniform", False), ("intrafusion", "uniform", False), ("prune", "uniform", True),
@@ -198,25 +198,13 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    groups = {}
-    for r in res["rows"][1:]:
-        groups.setdefault(r["method"], []).append(r)
-    for name, rs in groups.items():
-        ax.plot([r["flops"] for r in rs], [r["map50_95"] for r in rs], marker="o", label=name[:40])
-    ax.axhline(res["rows"][0]["map50_95"], color="gray", ls=":", label="original")
-    ax.set_xlabel("FLOPs kept")
-    ax.set_ylabel("true mAP50-95 (test canvases)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
+    with figure(path, "FLOPs kept", "true mAP50-95 (test canvases)") as ax:
+        groups = {}
+        for r in res["rows"][1:]:
+            groups.setdefault(r["method"], []).append(r)
+        for name, rs in groups.items():
+            ax.plot([r["flops"] for r in rs], [r["map50_95"] for r in rs], marker="o", label=name[:40])
+        ax.axhline(res["rows"][0]["map50_95"], color="gray", ls=":", label="original")
 
 if __name__ == "__main__":
     main()

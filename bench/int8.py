@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import publish, MODELS, SHARED, eval_data, interleaved_latency, load, need
+from common import figure, publish, MODELS, SHARED, eval_data, interleaved_latency, load, need
 
 CALIB = 512
 
@@ -267,23 +267,11 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(r["method"] for r in res["rows"]):
-        rs = [r for r in res["rows"] if r["method"] == method and "latency_b32_ms" in r]
-        ax.scatter([r["latency_b32_ms"] for r in rs], [100 * r["top1"] for r in rs], label=method, s=18)
-    ax.set_xscale("log")
-    ax.set_xlabel("onnxruntime CPU latency, batch 32 (ms)")
-    ax.set_ylabel("top-1 (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
+    with figure(path, "onnxruntime CPU latency, batch 32 (ms)", "top-1 (%)", (7, 4.5)) as ax:
+        for method in dict.fromkeys(r["method"] for r in res["rows"]):
+            rs = [r for r in res["rows"] if r["method"] == method and "latency_b32_ms" in r]
+            ax.scatter([r["latency_b32_ms"] for r in rs], [100 * r["top1"] for r in rs], label=method, s=18)
+        ax.set_xscale("log")
 
 if __name__ == "__main__":
     main()

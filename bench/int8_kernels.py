@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import publish
+from common import figure, publish
 
 STAGES = ((32, 16), (16, 32), (8, 64))  # (spatial size, the stage's width) of the CIFAR ResNets
 RNG = np.random.default_rng(0)
@@ -92,23 +92,12 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for hw, width in STAGES:
-        rs = [r for r in res["rows"] if r["spatial"] == hw]
-        line, = ax.plot([r["out_channels"] for r in rs], [r["int8_us"] for r in rs], "o-", label=f"INT8 {hw}×{hw}, in {width}")
-        ax.plot([r["out_channels"] for r in rs], [r["fp32_us"] for r in rs], "x--", color=line.get_color(),
-                label=f"FP32 {hw}×{hw}, in {width}")
-    ax.set_xlabel("output channels")
-    ax.set_ylabel("kernel time, batch 1 (µs)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, "output channels", "kernel time, batch 1 (µs)", (6, 4)) as ax:
+        for hw, width in STAGES:
+            rs = [r for r in res["rows"] if r["spatial"] == hw]
+            line, = ax.plot([r["out_channels"] for r in rs], [r["int8_us"] for r in rs], "o-", label=f"INT8 {hw}×{hw}, in {width}")
+            ax.plot([r["out_channels"] for r in rs], [r["fp32_us"] for r in rs], "x--", color=line.get_color(),
+                    label=f"FP32 {hw}×{hw}, in {width}")
 
 if __name__ == "__main__":
     main()
